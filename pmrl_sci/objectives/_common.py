@@ -1,0 +1,115 @@
+"""Shared plumbing of the objectives: stacking, masks, normalisation, contrastive cross-entropy."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MaskLike = torch.Tensor | Mapping[str, torch.Tensor] | None
+
+
+def stack_modalities(embeddings: Mapping[str, torch.Tensor], mask: MaskLike = None, *, min_modalities: int = 2,
+                     normalize: bool = True) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Check, normalise and stack a ``{modality: [B, d]}`` dict.
+
+    Parameters
+    ----------
+    embeddings : mapping of str to Tensor [B, d]
+        Same B and d for every modality; dict order is the modality order.
+    mask : Tensor [B, k] of bool, or mapping of str to Tensor [B], optional
+        True where instance i has modality m. Missing rows are ignored (their values,
+        even non-finite ones, never reach the loss). Default: all present.
+    min_modalities : int
+        Minimum number of modalities (k).
+    normalize : bool
+        L2-normalise each embedding.
+
+    Returns
+    -------
+    names : list of str
+    z : Tensor [B, k, d]
+        Normalised embeddings, zero where missing.
+    present : Tensor [B, k] of bool
+
+    Raises
+    ------
+    ValueError
+        Too few modalities, shape mismatch, or non-finite values in a present row (the
+        message names the modality).
+    """
+    if not isinstance(embeddings, Mapping):
+        raise TypeError(f"objectives take a dict {{modality: Tensor[B, d]}}, got {type(embeddings).__name__}")
+    names = list(embeddings)
+    if len(names) < min_modalities:
+        raise ValueError(f"this objective needs at least {min_modalities} modalities, got {names}")
+    first = embeddings[names[0]]
+    for name in names:
+        value = embeddings[name]
+        if not isinstance(value, torch.Tensor) or value.dim() != 2:
+            raise ValueError(f"modality {name!r}: expected a tensor [B, d], got "
+                             f"{list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
+        if value.shape != first.shape:
+            raise ValueError(f"modality {name!r} has shape {list(value.shape)}, modality {names[0]!r} has "
+                             f"{list(first.shape)}: all modalities need the same [B, d]")
+    present = as_mask(mask, names, first.shape[0], first.device)
+    rows = []
+    for m, name in enumerate(names):
+        value = embeddings[name]
+        keep = present[:, m]
+        finite = torch.isfinite(value).all(dim=1)
+        bad = keep & ~finite
+        if bool(bad.any()):
+            raise ValueError(f"non-finite values (NaN or inf) in the {name!r} embeddings of {int(bad.sum())} "
+                             f"instance(s), e.g. batch row {int(bad.nonzero()[0, 0])}: check that encoder's input "
+                             "and the learning rate")
+        value = torch.where(keep.unsqueeze(1), value, torch.zeros_like(value))
+        rows.append(F.normalize(value, dim=-1) if normalize else value)
+    return names, torch.stack(rows, dim=1), present
+
+
+def as_mask(mask: MaskLike, names: list[str], batch: int, device: torch.device) -> torch.Tensor:
+    """Turn a mask given as a tensor [B, k] or a dict of [B] into a bool tensor [B, k]."""
+    if mask is None:
+        return torch.ones(batch, len(names), dtype=torch.bool, device=device)
+    if isinstance(mask, Mapping):
+        unknown = set(mask) - set(names)
+        if unknown:
+            raise ValueError(f"mask names modalities {sorted(unknown)} that are not among {names}")
+        columns = [torch.as_tensor(mask[n], device=device).bool() if n in mask
+                   else torch.ones(batch, dtype=torch.bool, device=device) for n in names]
+        mask = torch.stack(columns, dim=1)
+    mask = torch.as_tensor(mask, device=device).bool()
+    if mask.shape != (batch, len(names)):
+        raise ValueError(f"mask must have shape [B, k] = [{batch}, {len(names)}], got {list(mask.shape)}")
+    return mask
+
+
+class LearnableTemperature(nn.Module):
+    """CLIP-style learnable temperature: a log logit scale, clamped at ``max_scale``."""
+
+    def __init__(self, init_temperature: float = 0.07, learnable: bool = True, max_scale: float = 100.0) -> None:
+        super().__init__()
+        value = torch.tensor(math.log(1.0 / init_temperature))
+        self.log_scale = nn.Parameter(value, requires_grad=learnable)
+        self.max_scale = max_scale
+
+    def forward(self) -> torch.Tensor:
+        """The current logit scale 1 / temperature."""
+        return self.log_scale.exp().clamp(max=self.max_scale)
+
+
+def symmetric_cross_entropy(logits: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean of row-wise and column-wise cross-entropy with the diagonal as targets."""
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    rows = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    cols = F.cross_entropy(logits.transpose(0, 1), targets, label_smoothing=label_smoothing)
+    return 0.5 * (rows + cols)
+
+
+def zero_loss(reference: torch.Tensor) -> torch.Tensor:
+    """A differentiable zero attached to ``reference``'s graph (for batches with nothing to learn)."""
+    return reference.sum() * 0.0

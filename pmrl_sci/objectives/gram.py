@@ -1,0 +1,157 @@
+"""GRAM (Cicchetti et al., ICLR 2025): contrastive loss over Gram-matrix volumes, anchored."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pmrl_sci.objectives._common import LearnableTemperature, MaskLike, stack_modalities, zero_loss
+from pmrl_sci.registry import register_objective
+
+
+def polynomial_det(matrix: torch.Tensor) -> torch.Tensor:
+    """Determinant of small matrices ``[..., n, n]`` by Laplace expansion.
+
+    A polynomial in the entries, so its gradient is finite for singular matrices too
+    (``torch.linalg.det``'s backward solves with the matrix). Meant for n <= 6.
+    """
+    n = matrix.shape[-1]
+    if n == 1:
+        return matrix[..., 0, 0]
+    if n == 2:
+        return matrix[..., 0, 0] * matrix[..., 1, 1] - matrix[..., 0, 1] * matrix[..., 1, 0]
+    total = matrix.new_zeros(matrix.shape[:-2])
+    rest = matrix[..., 1:, :]
+    for col in range(n):
+        keep = [c for c in range(n) if c != col]
+        minor = polynomial_det(rest[..., keep])
+        term = matrix[..., 0, col] * minor
+        total = total + term if col % 2 == 0 else total - term
+    return total
+
+
+def adjugate(matrix: torch.Tensor) -> torch.Tensor:
+    """Adjugate ``adj(H)`` of small matrices ``[..., n, n]`` (``H adj(H) = det(H) I``)."""
+    n = matrix.shape[-1]
+    if n == 1:
+        return torch.ones_like(matrix)
+    cofactor = []
+    for row in range(n):
+        rows = [r for r in range(n) if r != row]
+        line = []
+        for col in range(n):
+            cols = [c for c in range(n) if c != col]
+            minor = polynomial_det(matrix[..., rows, :][..., cols])
+            line.append(minor if (row + col) % 2 == 0 else -minor)
+        cofactor.append(torch.stack(line, dim=-1))
+    return torch.stack(cofactor, dim=-2).transpose(-1, -2)
+
+
+def anchored_gram_determinants(anchor: torch.Tensor, others: torch.Tensor, others_present: torch.Tensor
+                               ) -> torch.Tensor:
+    """det of the Gram of ``[anchor_i, x_j^1, ..., x_j^{k-1}]`` for every pair (i, j).
+
+    Parameters
+    ----------
+    anchor : Tensor [B, d]
+        Unit-norm anchor embeddings.
+    others : Tensor [B, k-1, d]
+        Unit-norm embeddings of the other modalities (zero where missing).
+    others_present : Tensor [B, k-1] of bool
+
+    Returns
+    -------
+    Tensor [B, B]
+        Squared volumes. With H_j the Gram of candidate j's vectors and c_ij its inner
+        products with anchor i, det = det(H_j) - c_ij^T adj(H_j) c_ij (no B x B x k x k
+        tensor of matrices). A missing modality of candidate j is replaced by a unit vector
+        orthogonal to everything, so the volume is that of the modalities present.
+    """
+    k1 = others.shape[1]
+    eye = torch.eye(k1, dtype=others.dtype, device=others.device)
+    gram = others @ others.transpose(1, 2)  # [B, k-1, k-1]
+    pair_present = others_present.unsqueeze(2) & others_present.unsqueeze(1)
+    gram = torch.where(pair_present, gram, eye.expand_as(gram))
+    det_h = polynomial_det(gram)  # [B]
+    adj_h = adjugate(gram)  # [B, k-1, k-1]
+    cross = torch.einsum("id,jmd->ijm", anchor, others)  # [B_i, B_j, k-1]
+    quad = torch.einsum("ijm,jmn,ijn->ij", cross, adj_h, cross)
+    return det_h.unsqueeze(0) - quad
+
+
+@register_objective("gram")
+class GRAMObjective(nn.Module):
+    """GRAM's volume contrastive loss, anchored on one modality.
+
+    For anchor a_i and candidate j, V_ij = sqrt(det G_ij + eps) with G_ij the Gram of
+    [a_i, x_j^2, ..., x_j^k]. Loss: symmetric cross-entropy over logits -V / temperature
+    (anchor -> candidates and candidates -> anchor), label smoothing 0.1, learnable
+    temperature initialised at 0.07.
+
+    Parameters
+    ----------
+    anchor : str, optional
+        The anchor modality (text in the paper); default: the first key of the dict.
+    temperature : float
+        Initial temperature.
+    learnable_temperature : bool
+        Learn it (as GRAM does).
+    label_smoothing : float
+        Cross-entropy label smoothing.
+    eps : float
+        Added under the square root so the gradient stays finite at zero volume.
+    contrastive : bool
+        False gives the "w/o reg" variant: the mean volume of matched tuples alone.
+
+    Notes
+    -----
+    Masks: a missing non-anchor modality of candidate j is left out of its volume (a unit
+    vector orthogonal to everything stands in). Instances without the anchor are neither
+    queries nor negatives; candidates with no non-anchor modality are left out.
+    """
+
+    def __init__(self, anchor: str | None = None, temperature: float = 0.07, learnable_temperature: bool = True,
+                 label_smoothing: float = 0.1, eps: float = 1e-6, contrastive: bool = True) -> None:
+        super().__init__()
+        self.anchor = anchor
+        self.temperature = LearnableTemperature(temperature, learnable_temperature)
+        self.label_smoothing, self.eps, self.contrastive = label_smoothing, eps, contrastive
+
+    def volumes(self, embeddings: Mapping[str, torch.Tensor], mask: MaskLike = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pairwise volumes ``[B, B]`` (anchor i x candidate j) and the valid-instance mask [B]."""
+        names, z, present = stack_modalities(embeddings, mask)
+        anchor = self.anchor if self.anchor is not None else names[0]
+        if anchor not in names:
+            raise ValueError(f"GRAM anchor {anchor!r} is not among the modalities {names}")
+        a = names.index(anchor)
+        rest = [m for m in range(len(names)) if m != a]
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = z.float() if z.dtype not in (torch.float32, torch.float64) else z
+            det = anchored_gram_determinants(z[:, a], z[:, rest], present[:, rest])
+            volume = torch.sqrt(det.clamp_min(0.0) + self.eps)
+        valid = present[:, a] & present[:, rest].any(dim=1)
+        return volume, valid
+
+    def forward(self, embeddings: Mapping[str, torch.Tensor], mask: MaskLike = None) -> dict[str, torch.Tensor]:
+        """Loss and its parts for a ``{modality: [B, d]}`` dict."""
+        volume, valid = self.volumes(embeddings, mask)
+        matched = volume.diagonal()[valid]
+        out = {"volume": matched.mean().detach() if matched.numel() else volume.new_zeros(())}
+        if not self.contrastive:
+            out["loss"] = matched.mean() if matched.numel() else zero_loss(volume)
+            return out
+        v = volume[valid][:, valid]
+        if v.shape[0] < 2:
+            out["loss"] = zero_loss(volume)
+            return out
+        scale = self.temperature()
+        logits = -v * scale
+        targets = torch.arange(v.shape[0], device=v.device)
+        loss = 0.5 * (F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+                      + F.cross_entropy(logits.transpose(0, 1), targets, label_smoothing=self.label_smoothing))
+        out.update(loss=loss, contrastive=loss.detach(), temperature=(1.0 / scale).detach())
+        return out
