@@ -78,6 +78,7 @@ def anchored_gram_determinants(anchor: torch.Tensor, others: torch.Tensor, other
     det_h = polynomial_det(gram)  # [B]
     adj_h = adjugate(gram)  # [B, k-1, k-1]
     cross = torch.einsum("id,jmd->ijm", anchor, others)  # [B_i, B_j, k-1]
+    cross = cross * others_present.unsqueeze(0).to(cross.dtype)
     quad = torch.einsum("ijm,jmn,ijn->ij", cross, adj_h, cross)
     return det_h.unsqueeze(0) - quad
 

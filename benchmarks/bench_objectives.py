@@ -1,0 +1,166 @@
+"""Forward + backward time and peak memory of the PMRL objective against the reference routes.
+
+Routes, on the same inputs in one run:
+
+* ``pmrl``: this kit's objective (k x k Gram + eigh, custom backward).
+* ``ref_full``: the reference implementation's route, ``torch.linalg.svd(full_matrices=True)`` on
+  [B, d, k] with the sign of u1 left to the solver, then the same L_M + L_M'.
+* ``ref_thin``: the same with ``full_matrices=False``.
+* ``vast``: anchored pairwise InfoNCE (k - 1 pairs).
+* ``gram``: GRAM's anchored volume contrastive loss.
+
+Times are medians of ``--repeats`` runs after a warm-up; ratios are route / pmrl in the same
+run. Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak resident-set
+growth of a forked child that runs one forward + backward (Linux).
+
+    python benchmarks/bench_objectives.py --threads 2
+    python benchmarks/bench_objectives.py --batch 256 --dim 512 --k 4   # one configuration
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from pmrl_sci.objectives import build_objective
+
+
+def reference_pmrl_loss(z: torch.Tensor, full_matrices: bool, tau1: float = 0.05, tau2: float = 0.1) -> torch.Tensor:
+    """The reference code's route: SVD of Z = [B, d, k], sign of u1 left to the solver."""
+    u, s, _ = torch.linalg.svd(z.transpose(1, 2), full_matrices=full_matrices)
+    align = F.cross_entropy(s / tau1, torch.zeros(z.shape[0], dtype=torch.long, device=z.device))
+    u1 = u[:, :, 0]
+    instance = F.cross_entropy(u1 @ u1.T / tau2, torch.arange(z.shape[0], device=z.device))
+    return align + instance
+
+
+def make_routes(k: int) -> dict[str, Callable[[dict[str, torch.Tensor]], torch.Tensor]]:
+    pmrl = build_objective("pmrl")
+    vast = build_objective("vast", pairs="anchored")
+    gram = build_objective("gram")
+
+    def stacked(emb: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([F.normalize(v, dim=-1) for v in emb.values()], dim=1)
+
+    return {
+        "pmrl": lambda emb: pmrl(emb)["loss"],
+        "ref_full": lambda emb: reference_pmrl_loss(stacked(emb), True),
+        "ref_thin": lambda emb: reference_pmrl_loss(stacked(emb), False),
+        "vast": lambda emb: vast(emb)["loss"],
+        "gram": lambda emb: gram(emb)["loss"],
+    }
+
+
+def _inputs(batch: int, dim: int, k: int, device: torch.device) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {f"m{i}": torch.randn(batch, dim, generator=g).to(device).requires_grad_() for i in range(k)}
+
+
+def _step(route: Callable, emb: dict[str, torch.Tensor]) -> None:
+    for value in emb.values():
+        value.grad = None
+    route(emb).backward()
+
+
+def time_route(route: Callable, emb: dict[str, torch.Tensor], repeats: int, device: torch.device) -> float:
+    _step(route, emb)  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        _step(route, emb)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory(route: Callable, emb: dict[str, torch.Tensor], device: torch.device) -> float:
+    """Peak extra memory (bytes) of one forward + backward."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        _step(route, emb)
+        torch.cuda.synchronize()
+        return float(torch.cuda.max_memory_allocated() - base)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: measure and report through the pipe
+        os.close(read)
+        base = _rss_bytes()
+        _step(route, emb)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        os.write(write, str(max(peak - base, 0)).encode())
+        os._exit(0)
+    os.close(write)
+    data = os.read(read, 64)
+    os.close(read)
+    os.waitpid(pid, 0)
+    return float(data or 0)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, nargs="+", default=[64, 256, 1024, 4096])
+    parser.add_argument("--dim", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--k", type=int, nargs="+", default=[2, 3, 4, 6])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, or all (cpu then cuda when present)")
+    parser.add_argument("--max-full-svd-bytes", type=float, default=4e9,
+                        help="skip ref_full where its d x d matrices alone would exceed this many bytes")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d != "cuda" or torch.cuda.is_available()]
+    rows = []
+    print(f"torch {torch.__version__}, {args.threads} CPU threads; time = median fwd+bwd; ratio = route / pmrl")
+    header = "| device | B | d | k | " + " | ".join(f"{r} ms (x)" for r in make_routes(2)) + " | " + \
+        " | ".join(f"{r} MB" for r in make_routes(2)) + " |"
+    print(header)
+    print("|" + "---|" * (4 + 2 * len(make_routes(2))))
+    for device_name in devices:
+        device = torch.device(device_name)
+        for dim in args.dim:
+            for k in args.k:
+                routes = make_routes(k)
+                for module in routes.values():
+                    getattr(module, "to", lambda *_: None)(device)
+                for batch in args.batch:
+                    emb = _inputs(batch, dim, k, device)
+                    times, mems = {}, {}
+                    for name, route in routes.items():
+                        if name == "ref_full" and batch * dim * dim * 4 > args.max_full_svd_bytes:
+                            times[name] = mems[name] = float("nan")
+                            continue
+                        times[name] = time_route(route, emb, args.repeats, device)
+                        mems[name] = float("nan") if args.no_memory else peak_memory(route, emb, device)
+                    base = times["pmrl"]
+                    cells = [f"{times[n] * 1e3:.2f} ({times[n] / base:.1f})" if times[n] == times[n] else "skipped"
+                             for n in routes]
+                    mcells = [f"{mems[n] / 2**20:.1f}" if mems[n] == mems[n] else "-" for n in routes]
+                    print(f"| {device_name} | {batch} | {dim} | {k} | " + " | ".join(cells) + " | "
+                          + " | ".join(mcells) + " |", flush=True)
+                    rows.append({"device": device_name, "batch": batch, "dim": dim, "k": k,
+                                 "time_s": times, "peak_bytes": mems})
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

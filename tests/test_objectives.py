@@ -1,0 +1,161 @@
+"""Objectives: values, toy optimisation, masks, errors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pmrl_sci.objectives import build_objective, list_objectives
+from pmrl_sci.objectives.gram import adjugate, anchored_gram_determinants, polynomial_det
+from pmrl_sci.registry import UnknownNameError
+
+
+def _embeddings(batch=16, dim=12, k=3, noise=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(batch, dim, generator=g)
+    return {f"m{i}": base + noise * torch.randn(batch, dim, generator=g) for i in range(k)}
+
+
+ALIGNMENT = [("pmrl", {}), ("pmrl", {"rank": 2}), ("pmrl", {"instance_term": False}),
+             ("gram", {}), ("gram", {"contrastive": False}), ("vast", {}), ("vast", {"pairs": "all"})]
+
+
+def test_registered_names():
+    assert {"pmrl", "gram", "vast", "instance_matching", "classification"} <= set(list_objectives())
+    with pytest.raises(UnknownNameError, match="Did you mean 'pmrl'"):
+        build_objective("pmr")
+
+
+@pytest.mark.parametrize("name,kwargs", ALIGNMENT + [("instance_matching", {"embed_dim": 12, "num_modalities": 3})])
+def test_objective_decreases_on_toy_problem(name, kwargs):
+    torch.manual_seed(0)
+    params = {key: torch.nn.Parameter(value) for key, value in _embeddings(noise=1.5).items()}
+    objective = build_objective(name, **kwargs)
+    optimizer = torch.optim.Adam(list(params.values()) + list(objective.parameters()), lr=0.05)
+    losses = []
+    for _ in range(60):
+        out = objective(params)
+        assert set(out) >= {"loss"} and all(v.dim() == 0 for v in out.values())
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < 0.7 * losses[0], losses[::10]
+
+
+def test_pmrl_drives_sigma1_to_sqrt_k():
+    torch.manual_seed(0)
+    k = 4
+    params = {key: torch.nn.Parameter(value) for key, value in _embeddings(batch=8, k=k, noise=2.0).items()}
+    objective = build_objective("pmrl", tau1=0.5, instance_term=False)
+    optimizer = torch.optim.Adam(params.values(), lr=0.05)
+    start = objective(params)["sigma1"].item()
+    for _ in range(200):
+        optimizer.zero_grad()
+        objective(params)["loss"].backward()
+        optimizer.step()
+    end = objective(params)["sigma1"].item()
+    assert start < 1.6 and end > math.sqrt(k) - 0.02
+
+
+def test_pmrl_value_by_hand():
+    emb = _embeddings(batch=5, k=3)
+    out = build_objective("pmrl", tau1=0.05, tau2=0.1)(emb)
+    z = torch.stack([F.normalize(v, dim=-1) for v in emb.values()], dim=2).double()  # [B, d, k]
+    u, s, _ = torch.linalg.svd(z, full_matrices=False)
+    expected_align = F.cross_entropy(s / 0.05, torch.zeros(5, dtype=torch.long))
+    u1 = u[:, :, 0] * torch.sign((u[:, :, 0] * z.sum(2)).sum(1, keepdim=True))
+    expected_inst = F.cross_entropy(u1 @ u1.T / 0.1, torch.arange(5))
+    assert out["alignment"].item() == pytest.approx(expected_align.item(), rel=1e-4, abs=1e-6)
+    assert out["instance"].item() == pytest.approx(expected_inst.item(), rel=1e-4)
+    assert out["loss"].item() == pytest.approx(expected_align.item() + expected_inst.item(), rel=1e-4, abs=1e-6)
+
+
+def test_pmrl_mask_equals_loss_on_present_modalities():
+    emb = _embeddings(batch=6, k=3)
+    mask = torch.ones(6, 3, dtype=torch.bool)
+    mask[:, 2] = False
+    objective = build_objective("pmrl")
+    masked = objective(emb, mask)
+    two = objective({"m0": emb["m0"], "m1": emb["m1"]})
+    assert masked["alignment"].item() == pytest.approx(two["alignment"].item(), rel=1e-5)
+    assert masked["instance"].item() == pytest.approx(two["instance"].item(), rel=1e-5)
+    # a NaN in a masked-out row never reaches the loss
+    emb["m2"] = emb["m2"].clone()
+    emb["m2"][0] = float("nan")
+    mask2 = torch.ones(6, 3, dtype=torch.bool)
+    mask2[0, 2] = False
+    assert torch.isfinite(objective(emb, mask2)["loss"])
+    assert torch.isfinite(objective(emb, {"m2": mask2[:, 2]})["loss"])
+
+
+def test_gram_determinants_match_full_gram():
+    emb = _embeddings(batch=5, k=4)
+    z = torch.stack([F.normalize(v.double(), dim=-1) for v in emb.values()], dim=1)
+    present = torch.ones(5, 3, dtype=torch.bool)
+    det = anchored_gram_determinants(z[:, 0], z[:, 1:], present)
+    for i in range(5):
+        for j in range(5):
+            vectors = torch.cat([z[i, :1], z[j, 1:]])
+            assert det[i, j].item() == pytest.approx(torch.linalg.det(vectors @ vectors.T).item(), abs=1e-10)
+    # missing modality 2 of every candidate: the volume of the modalities present
+    present[:, 1] = False
+    det = anchored_gram_determinants(z[:, 0], z[:, 1:], present)
+    vectors = torch.stack([z[1, 0], z[3, 1], z[3, 3]])
+    assert det[1, 3].item() == pytest.approx(torch.linalg.det(vectors @ vectors.T).item(), abs=1e-10)
+    h = torch.randn(7, 4, 4, dtype=torch.float64)
+    assert torch.allclose(polynomial_det(h), torch.linalg.det(h))
+    assert torch.allclose(h @ adjugate(h), torch.linalg.det(h)[:, None, None] * torch.eye(4, dtype=torch.float64))
+
+
+def test_gram_finite_gradient_at_zero_volume():
+    same = torch.randn(4, 8)
+    emb = {"a": same.clone().requires_grad_(), "b": same.clone().requires_grad_(), "c": same.clone().requires_grad_()}
+    out = build_objective("gram")(emb)
+    out["loss"].backward()
+    assert all(torch.isfinite(v.grad).all() for v in emb.values())
+
+
+def test_vast_value_by_hand_and_mask():
+    emb = _embeddings(batch=6, k=2)
+    objective = build_objective("vast", label_smoothing=0.0)
+    a, b = (F.normalize(v, dim=-1) for v in emb.values())
+    logits = a @ b.T / 0.07
+    expected = 0.5 * (F.cross_entropy(logits, torch.arange(6)) + F.cross_entropy(logits.T, torch.arange(6)))
+    assert objective(emb)["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    mask = torch.ones(6, 2, dtype=torch.bool)
+    mask[4:, 1] = False
+    sub = {key: value[:4] for key, value in emb.items()}
+    assert objective(emb, mask)["loss"].item() == pytest.approx(objective(sub)["loss"].item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name,kwargs", ALIGNMENT + [("instance_matching", {"embed_dim": 12, "num_modalities": 3})])
+def test_non_finite_embedding_names_the_modality(name, kwargs):
+    emb = _embeddings()
+    emb["m1"] = emb["m1"].clone()
+    emb["m1"][3, 0] = float("inf")
+    with pytest.raises(ValueError, match="'m1'"):
+        build_objective(name, **kwargs)(emb)
+
+
+def test_bad_inputs():
+    objective = build_objective("pmrl")
+    with pytest.raises(ValueError, match="at least 2"):
+        objective({"a": torch.randn(3, 4)})
+    with pytest.raises(ValueError, match="same"):
+        objective({"a": torch.randn(3, 4), "b": torch.randn(3, 5)})
+    with pytest.raises(ValueError, match="mask"):
+        objective({"a": torch.randn(3, 4), "b": torch.randn(3, 4)}, torch.ones(3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="anchor"):
+        build_objective("gram", anchor="text")({"a": torch.randn(3, 4), "b": torch.randn(3, 4)})
+    with pytest.raises(TypeError, match="cannot build objective 'pmrl'"):
+        build_objective("pmrl", tau=0.1)
+
+
+def test_classification_objective():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    labels = torch.tensor([0, 1, 1])
+    out = build_objective("classification")(logits, labels)
+    assert out["loss"].item() == pytest.approx(F.cross_entropy(logits, labels).item())
+    assert out["accuracy"].item() == pytest.approx(2 / 3)

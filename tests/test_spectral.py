@@ -1,0 +1,168 @@
+"""pmrl_sci.spectral against float64 SVD, on degenerate inputs, and by gradcheck."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pmrl_sci.spectral import GramSpectrum, spectrum, svd_reference
+
+
+def _random(batch: int, k: int, d: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(batch, k, d, generator=g, dtype=dtype), dim=-1)
+
+
+def _reference_u1(z64: torch.Tensor) -> torch.Tensor:
+    ref = svd_reference(z64, full_matrices=False)
+    sign = torch.sign((ref.u1 * z64.sum(1)).sum(-1, keepdim=True))
+    return ref.u1 * sign
+
+
+@pytest.mark.parametrize("k,d", [(2, 8), (3, 64), (4, 128), (6, 32)])
+def test_forward_matches_float64_svd(k, d):
+    z = _random(128, k, d, seed=k)
+    spec = spectrum(z)
+    ref = svd_reference(z.double(), full_matrices=False)
+    rel = (spec.sigma.double() - ref.sigma).norm(dim=-1) / ref.sigma.norm(dim=-1)
+    assert rel.max() < 1e-5
+    assert torch.all(spec.sigma[:, :-1] >= spec.sigma[:, 1:])
+    ref_u1 = _reference_u1(z.double())
+    tie = (ref_u1 * z.double().sum(1)).sum(-1).abs() < 1e-5  # k = 2 with a negative cosine: u1 . sum z = 0
+    assert (spec.u1.double() - ref_u1).norm(dim=-1)[~tie].max() < 1e-4
+    # on ties: equal up to sign, and oriented along the first modality
+    assert torch.cat([(spec.u1.double().abs() - ref_u1.abs()).norm(dim=-1)[tie], torch.zeros(1, dtype=torch.float64)]).max() < 1e-4
+    assert torch.all((spec.u1 * z[:, 0]).sum(-1)[tie] > 0)
+    assert torch.allclose(spec.u1.norm(dim=-1), torch.ones(128), atol=1e-5)
+    # right singular vectors: Z^T Z v_j = sigma_j^2 v_j
+    gram = z.double() @ z.double().transpose(1, 2)
+    v = spec.v.double()
+    assert torch.allclose(gram @ v, v * spec.sigma.double().unsqueeze(1) ** 2, atol=1e-5)
+
+
+def test_sign_convention_and_determinism():
+    z = _random(64, 3, 16, seed=3)
+    spec = spectrum(z)
+    assert torch.all((spec.u1 * z.sum(1)).sum(-1) > 0)
+    assert torch.all(spec.v.sum(dim=1) > 0)
+    again = spectrum(z.clone())
+    assert torch.equal(spec.u1, again.u1) and torch.equal(spec.v, again.v)
+    flipped = spectrum(-z)  # flipping every modality flips u1 with it: u1 . sum z > 0 still
+    assert torch.all((flipped.u1 * (-z).sum(1)).sum(-1) > 0)
+
+
+def test_sign_tie_broken_towards_first_modality():
+    a = F.normalize(torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    b = F.normalize(torch.randn(1, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
+    b = F.normalize(b - (b * a).sum() * a, dim=-1)
+    c = F.normalize(a - 0.5 * b, dim=-1)
+    z = torch.stack([c, -c], dim=1)  # exactly anti-parallel: u1 . (z1 + z2) = 0
+    spec = spectrum(z)
+    assert torch.allclose(spec.u1, c, atol=1e-5)  # oriented along the first modality
+    assert torch.equal(spectrum(z).u1, spec.u1)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_gradients_match_float64_svd_on_separated_spectra(k):
+    torch.manual_seed(k)
+    left, _ = torch.linalg.qr(torch.randn(32, 24, k))
+    right, _ = torch.linalg.qr(torch.randn(32, k, k))
+    values = torch.linspace(2.0, 0.4, k)  # well separated singular values, instances of varied shape
+    z = (left * values) @ right.transpose(1, 2)  # Z = U S V^T, [32, d, k]
+    z = z.transpose(1, 2).contiguous()  # [32, k, d]
+    w = torch.randn(32, 24)
+
+    def objective(spec_sigma, spec_u1):
+        return (torch.log_softmax(spec_sigma / 0.3, dim=1)[:, 0]).sum() + (spec_u1 * w.to(spec_u1)).sum()
+
+    ours = z.clone().requires_grad_()
+    s = spectrum(ours)
+    objective(s.sigma, s.u1).backward()
+    ref = z.double().clone().requires_grad_()
+    r = svd_reference(ref, full_matrices=False)
+    sign = torch.sign((r.u1 * ref.sum(1)).sum(-1, keepdim=True)).detach()
+    objective(r.sigma, r.u1 * sign).backward()
+    gap = (r.sigma[:, :-1] - r.sigma[:, 1:]).min()
+    assert gap > 1e-2  # well-separated spectra
+    rel = (ours.grad.double() - ref.grad).norm() / ref.grad.norm()
+    assert rel < 1e-4
+
+
+def _pmrl_like_loss(z: torch.Tensor) -> torch.Tensor:
+    s = spectrum(z)
+    logits = s.sigma / 0.05
+    return F.cross_entropy(logits, torch.zeros(z.shape[0], dtype=torch.long)) + (s.u1 @ s.u1.T / 0.1).logsumexp(1).mean()
+
+
+def _degenerate_inputs(k: int = 4, d: int = 16):
+    g = torch.Generator().manual_seed(0)
+    one = F.normalize(torch.randn(d, generator=g), dim=0)
+    identical = one.expand(3, k, d).clone()
+    orthogonal = torch.eye(d)[:k].expand(3, k, d).clone()
+    two_identical_rest_orthogonal = torch.eye(d)[:k].clone()
+    two_identical_rest_orthogonal[1] = two_identical_rest_orthogonal[0]
+    cases = {"identical": identical, "orthogonal": orthogonal,
+             "pair": two_identical_rest_orthogonal.expand(3, k, d).clone()}
+    for name, value in list(cases.items()):
+        for scale in (1e-7, 1e-4):
+            noise = torch.randn(value.shape, generator=g) * scale
+            cases[f"{name}+{scale:g}"] = F.normalize(value + noise, dim=-1)
+    return cases
+
+
+@pytest.mark.parametrize("name,z", list(_degenerate_inputs().items()))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradients_finite_on_degenerate_inputs(name, z, dtype):
+    z = z.detach().to(dtype).clone().requires_grad_()
+    loss = _pmrl_like_loss(z)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(z.grad).all(), name
+
+
+def test_torch_svd_is_nan_where_ours_is_finite():
+    """The motivating failure: autograd through torch.linalg.svd on orthogonal modalities (equal sigmas)."""
+    z = _degenerate_inputs()["orthogonal"].double().clone().requires_grad_()
+    r = svd_reference(z, full_matrices=False)
+    logits = r.sigma / 0.05
+    loss = F.cross_entropy(logits, torch.zeros(z.shape[0], dtype=torch.long)) + (r.u1 @ r.u1.T / 0.1).logsumexp(1).mean()
+    loss.backward()
+    assert not torch.isfinite(z.grad).all()
+
+
+def test_theorem_sigma1_sqrt_k_iff_aligned_and_sum_of_squares():
+    k = 5
+    z = _random(32, k, 20)
+    sigma = spectrum(z).sigma
+    assert torch.allclose((sigma ** 2).sum(1), torch.full((32,), float(k)), atol=1e-5)
+    assert torch.all(sigma[:, 0] < k ** 0.5 - 1e-3)
+    aligned = z[:, :1].expand(-1, k, -1)
+    sigma_aligned = spectrum(aligned).sigma
+    assert torch.allclose(sigma_aligned[:, 0], torch.full((32,), k ** 0.5), atol=1e-5)
+    assert sigma_aligned[:, 1:].abs().max() < 1e-3
+
+
+def test_gradcheck_custom_backward():
+    torch.manual_seed(0)
+    z = torch.randn(4, 3, 7, dtype=torch.float64, requires_grad=True)
+
+    def fn(x):
+        sigma, v = GramSpectrum.apply(x, 1e-20, 1e-6)
+        return sigma, v
+
+    assert torch.autograd.gradcheck(fn, (z,), eps=1e-6, atol=1e-6, rtol=1e-4)
+    assert torch.autograd.gradcheck(lambda x: spectrum(x, gap_eps=1e-20).u1, (z,), eps=1e-6, atol=1e-6)
+
+
+def test_float32_under_autocast():
+    z = _random(8, 3, 32).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        spec = spectrum(z)
+    assert spec.sigma.dtype == torch.float32 and spec.u1.dtype == torch.float32
+    assert spectrum(_random(4, 3, 8, dtype=torch.float64)).sigma.dtype == torch.float64
+
+
+def test_bad_shapes():
+    with pytest.raises(ValueError, match="k <= d"):
+        spectrum(torch.randn(2, 5, 3))
+    with pytest.raises(ValueError, match=r"\[B, k, d\]"):
+        spectrum(torch.randn(3))
