@@ -1,0 +1,851 @@
+"""FreeSurfer morphometry: read group tables or per-subject stats files, and write both formats.
+
+Two on-disk forms give the same feature table (columns ``<table>:<measure>``):
+
+(a) group tables written by ``asegstats2table`` / ``aparcstats2table``: delimited text, one row per
+    subject, first header cell ``Measure:volume`` (aseg) or ``<hemi>.<parc>.<measure>`` (aparc,
+    e.g. ``lh.aparc.thickness``), the first column holding the subject key;
+(b) per-subject FreeSurfer folders ``<subject>/stats/{aseg,lh.aparc,rh.aparc}.stats``.
+
+Naming follows the FreeSurfer tools (``fsutils`` ``AsegStatsParser`` / ``AparcStatsParser``): aseg
+structures are named by ``StructName`` (value ``Volume_mm3``) and followed by the global volumes of
+the ``# Measure`` lines (``BrainSegVol``, ``EstimatedTotalIntraCranialVol``...); aparc regions become
+``<hemi>_<region>_<measure>`` from the ``SurfArea`` / ``GrayVol`` / ``ThickAvg`` columns, with
+``<hemi>_WhiteSurfArea_area`` (area table), ``<hemi>_MeanThickness_thickness`` (thickness table) and the
+unprefixed ``BrainSegVolNotVent`` and ``eTIV`` in every aparc table.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pmrl_sci.io import atomic_write_text
+
+__all__ = [
+    "APARC_GLOBALS",
+    "APARC_MEASURE_COLUMNS",
+    "ASEG_MEASURES",
+    "ASEG_STRUCTURES",
+    "DK_REGIONS",
+    "SubjectMorphometry",
+    "group_tables_from_subjects",
+    "read_aparc_stats",
+    "read_aseg_stats",
+    "read_freesurfer_dir",
+    "read_group_table",
+    "write_group_tables",
+    "write_subject_stats",
+]
+
+#: aparcstats2table's ``--meas`` choices and the ``?h.aparc.stats`` column each one reads.
+APARC_MEASURE_COLUMNS: dict[str, str] = {
+    "area": "SurfArea", "volume": "GrayVol", "thickness": "ThickAvg", "thicknessstd": "ThickStd",
+    "meancurv": "MeanCurv", "gauscurv": "GausCurv", "foldind": "FoldInd", "curvind": "CurvInd",
+}
+#: The aparc measures read from per-subject folders (one table each per hemisphere).
+SUBJECT_APARC_MEASURES: tuple[str, ...] = ("area", "volume", "thickness")
+
+#: ``# Measure <field1>, <field2>, <description>, <value>, <units>`` lines that asegstats2table turns
+#: into columns: table column name -> (field1, field2, description, units).
+ASEG_MEASURES: dict[str, tuple[str, str, str, str]] = {
+    "lhCortexVol": ("lhCortex", "lhCortexVol", "Left hemisphere cortical gray matter volume", "mm^3"),
+    "rhCortexVol": ("rhCortex", "rhCortexVol", "Right hemisphere cortical gray matter volume", "mm^3"),
+    "CortexVol": ("Cortex", "CortexVol", "Total cortical gray matter volume", "mm^3"),
+    "lhCorticalWhiteMatterVol": ("lhCorticalWhiteMatter", "lhCorticalWhiteMatterVol",
+                                 "Left hemisphere cortical white matter volume", "mm^3"),
+    "rhCorticalWhiteMatterVol": ("rhCorticalWhiteMatter", "rhCorticalWhiteMatterVol",
+                                 "Right hemisphere cortical white matter volume", "mm^3"),
+    "CorticalWhiteMatterVol": ("CorticalWhiteMatter", "CorticalWhiteMatterVol",
+                               "Total cortical white matter volume", "mm^3"),
+    "lhCerebralWhiteMatterVol": ("lhCerebralWhiteMatter", "lhCerebralWhiteMatterVol",
+                                 "Left hemisphere cerebral white matter volume", "mm^3"),
+    "rhCerebralWhiteMatterVol": ("rhCerebralWhiteMatter", "rhCerebralWhiteMatterVol",
+                                 "Right hemisphere cerebral white matter volume", "mm^3"),
+    "CerebralWhiteMatterVol": ("CerebralWhiteMatter", "CerebralWhiteMatterVol",
+                               "Total cerebral white matter volume", "mm^3"),
+    "SubCortGrayVol": ("SubCortGray", "SubCortGrayVol", "Subcortical gray matter volume", "mm^3"),
+    "TotalGrayVol": ("TotalGray", "TotalGrayVol", "Total gray matter volume", "mm^3"),
+    "SuperTentorialVol": ("SuperTentorial", "SuperTentorialVol", "Supratentorial volume", "mm^3"),
+    "SupraTentorialVol": ("SupraTentorial", "SupraTentorialVol", "Supratentorial volume", "mm^3"),
+    "SupraTentorialVolNotVent": ("SupraTentorialNotVent", "SupraTentorialVolNotVent",
+                                 "Supratentorial volume", "mm^3"),
+    "SupraTentorialVolNotVentVox": ("SupraTentorialNotVentVox", "SupraTentorialVolNotVentVox",
+                                    "Supratentorial volume voxel count", "mm^3"),
+    "IntraCranialVol": ("IntraCranialVol", "ICV", "Intracranial Volume", "mm^3"),
+    "EstimatedTotalIntraCranialVol": ("EstimatedTotalIntraCranialVol", "eTIV",
+                                      "Estimated Total Intracranial Volume", "mm^3"),
+    "MaskVol": ("Mask", "MaskVol", "Mask Volume", "mm^3"),
+    "BrainVol-to-eTIV": ("BrainVol-to-eTIV", "BrainVol-to-eTIV",
+                         "Ratio of BrainSegVol to eTIV", "unitless"),
+    "BrainSegVol-to-eTIV": ("BrainSegVol-to-eTIV", "BrainSegVol-to-eTIV",
+                            "Ratio of BrainSegVol to eTIV", "unitless"),
+    "MaskVol-to-eTIV": ("MaskVol-to-eTIV", "MaskVol-to-eTIV", "Ratio of MaskVol to eTIV", "unitless"),
+    "lhSurfaceHoles": ("lhSurfaceHoles", "lhSurfaceHoles",
+                       "Number of defect holes in lh surfaces prior to fixing", "unitless"),
+    "rhSurfaceHoles": ("rhSurfaceHoles", "rhSurfaceHoles",
+                       "Number of defect holes in rh surfaces prior to fixing", "unitless"),
+    "SurfaceHoles": ("SurfaceHoles", "SurfaceHoles",
+                     "Total number of defect holes in surfaces prior to fixing", "unitless"),
+    "BrainSegVol": ("BrainSeg", "BrainSegVol", "Brain Segmentation Volume", "mm^3"),
+    "BrainSegVolNotVent": ("BrainSegNotVent", "BrainSegVolNotVent",
+                           "Brain Segmentation Volume Without Ventricles", "mm^3"),
+    "BrainSegVolNotVentSurf": ("BrainSegNotVentSurf", "BrainSegVolNotVentSurf",
+                               "Brain Segmentation Volume Without Ventricles from Surf", "mm^3"),
+}
+_ASEG_MEASURE_BY_FIELDS: dict[tuple[str, str], str] = {(f1, f2): name for name, (f1, f2, _, _) in
+                                                       ASEG_MEASURES.items()}
+#: Global ``# Measure`` lines aparcstats2table copies into every aparc table (column name -> fields).
+APARC_GLOBALS: dict[str, tuple[str, str]] = {
+    "BrainSegVolNotVent": ("BrainSegNotVent", "BrainSegVolNotVent"),
+    "eTIV": ("EstimatedTotalIntraCranialVol", "eTIV"),
+}
+#: The aseg equivalent of each aparc global (same value in a FreeSurfer run).
+_APARC_GLOBAL_IN_ASEG: dict[str, str] = {"BrainSegVolNotVent": "BrainSegVolNotVent",
+                                         "eTIV": "EstimatedTotalIntraCranialVol"}
+#: Per-measure globals of the aparc stats file (aparcstats2table names them ``<hemi>_<name>_<measure>``).
+_APARC_CORTEX_MEASURES: dict[str, tuple[str, str, str]] = {
+    "area": ("WhiteSurfArea", "White Surface Total Area", "mm^2"),
+    "thickness": ("MeanThickness", "Mean Thickness", "mm"),
+}
+
+#: aseg structures (FreeSurfer 6 names) with their ``SegId`` in FreeSurferColorLUT.txt.
+ASEG_STRUCTURES: dict[str, int] = {
+    "Left-Lateral-Ventricle": 4, "Left-Inf-Lat-Vent": 5, "Left-Cerebellum-White-Matter": 7,
+    "Left-Cerebellum-Cortex": 8, "Left-Thalamus-Proper": 10, "Left-Caudate": 11, "Left-Putamen": 12,
+    "Left-Pallidum": 13, "3rd-Ventricle": 14, "4th-Ventricle": 15, "Brain-Stem": 16, "Left-Hippocampus": 17,
+    "Left-Amygdala": 18, "CSF": 24, "Left-Accumbens-area": 26, "Left-VentralDC": 28, "Left-vessel": 30,
+    "Left-choroid-plexus": 31, "Right-Lateral-Ventricle": 43, "Right-Inf-Lat-Vent": 44,
+    "Right-Cerebellum-White-Matter": 46, "Right-Cerebellum-Cortex": 47, "Right-Thalamus-Proper": 49,
+    "Right-Caudate": 50, "Right-Putamen": 51, "Right-Pallidum": 52, "Right-Hippocampus": 53,
+    "Right-Amygdala": 54, "Right-Accumbens-area": 58, "Right-VentralDC": 60, "Right-vessel": 62,
+    "Right-choroid-plexus": 63, "5th-Ventricle": 72, "WM-hypointensities": 77, "non-WM-hypointensities": 80,
+    "Optic-Chiasm": 85, "CC_Posterior": 251, "CC_Mid_Posterior": 252, "CC_Central": 253,
+    "CC_Mid_Anterior": 254, "CC_Anterior": 255,
+}
+#: Desikan-Killiany regions of ``?h.aparc.stats`` in FreeSurfer's order.
+DK_REGIONS: tuple[str, ...] = (
+    "bankssts", "caudalanteriorcingulate", "caudalmiddlefrontal", "cuneus", "entorhinal", "fusiform",
+    "inferiorparietal", "inferiortemporal", "isthmuscingulate", "lateraloccipital", "lateralorbitofrontal",
+    "lingual", "medialorbitofrontal", "middletemporal", "parahippocampal", "paracentral", "parsopercularis",
+    "parsorbitalis", "parstriangularis", "pericalcarine", "postcentral", "posteriorcingulate", "precentral",
+    "precuneus", "rostralanteriorcingulate", "rostralmiddlefrontal", "superiorfrontal", "superiorparietal",
+    "superiortemporal", "supramarginal", "frontalpole", "temporalpole", "transversetemporal", "insula",
+)
+
+_HEMIS = ("lh", "rh")
+_TABLE_SUFFIXES = (".txt", ".tsv", ".csv")
+_APARC_HEADER = re.compile(r"^(lh|rh)\.(\S+)\.(" + "|".join(APARC_MEASURE_COLUMNS) + r")$")
+_ASEG_HEADER = re.compile(r"^Measure:(\S+)$")
+_ASEG_COLUMNS = ("Index", "SegId", "NVoxels", "Volume_mm3", "StructName", "normMean", "normStdDev", "normMin",
+                 "normMax", "normRange")
+_APARC_COLUMNS = ("StructName", "NumVert", "SurfArea", "GrayVol", "ThickAvg", "ThickStd", "MeanCurv", "GausCurv",
+                  "FoldInd", "CurvInd")
+
+
+@dataclass
+class SubjectMorphometry:
+    """FreeSurfer measures of one subject, as the writers take them.
+
+    Attributes
+    ----------
+    aseg : dict of str to float
+        ``StructName`` -> ``Volume_mm3`` (mm^3).
+    aparc : dict
+        ``{"lh": {region: {"area": mm^2, "volume": mm^3, "thickness": mm}}, "rh": {...}}``.
+    measures : dict of str to float
+        Global measures by their asegstats2table name (keys of :data:`ASEG_MEASURES`, e.g.
+        ``"EstimatedTotalIntraCranialVol"``, ``"BrainSegVolNotVent"``).
+    """
+
+    aseg: dict[str, float]
+    aparc: dict[str, dict[str, dict[str, float]]]
+    measures: dict[str, float] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-subject stats files
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class _StatsFile:
+    measures: list[tuple[str, str, float]]  # (field1, field2, value) in file order
+    columns: list[str]
+    rows: list[list[str]]
+
+
+def _parse_stats_file(path: Path, required: Iterable[str]) -> _StatsFile:
+    """Parse the ``# Measure`` lines, the ``# ColHeaders`` line and the whitespace-separated rows."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the FreeSurfer stats file: {exc}") from exc
+    measures: list[tuple[str, str, float]] = []
+    columns: list[str] | None = None
+    rows: list[list[str]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped.startswith("#"):
+            body = stripped[1:].strip()
+            if body.startswith("Measure "):
+                parts = [p.strip() for p in body[len("Measure "):].split(",")]
+                if len(parts) < 4:
+                    raise ValueError(f"{path}, line {lineno}: a '# Measure' line needs "
+                                     f"'<name>, <short name>, <description>, <value>, <units>'; got {line!r}")
+                measures.append((parts[0], parts[1], _to_float(parts[3], path, f"line {lineno} (# Measure value)")))
+            elif body.startswith("ColHeaders"):
+                columns = body.split()[1:]
+            continue
+        if columns is None:
+            raise ValueError(f"{path}, line {lineno}: data row before the '# ColHeaders' line; expected the "
+                             "FreeSurfer stats layout ('# ColHeaders ...' then whitespace-separated rows)")
+        cells = stripped.split()
+        if len(cells) != len(columns):
+            raise ValueError(f"{path}, line {lineno}: {len(cells)} fields, but '# ColHeaders' names "
+                             f"{len(columns)} ({' '.join(columns)})")
+        rows.append(cells)
+    if columns is None:
+        raise ValueError(f"{path}: no '# ColHeaders' line; expected a FreeSurfer stats file "
+                         f"with columns {' '.join(required)}")
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ValueError(f"{path}: '# ColHeaders' lacks column(s) {missing}; found {columns}")
+    if not rows:
+        raise ValueError(f"{path}: empty table (a '# ColHeaders' line but no data rows)")
+    return _StatsFile(measures=measures, columns=columns, rows=rows)
+
+
+def _to_float(cell: str, path: Path, where: str) -> float:
+    try:
+        return float(cell)
+    except ValueError:
+        raise ValueError(f"{path}, {where}: non-numeric cell {cell!r}; expected a number") from None
+
+
+def _struct_values(stats: _StatsFile, path: Path, column: str) -> dict[str, float]:
+    name_at, value_at = stats.columns.index("StructName"), stats.columns.index(column)
+    out: dict[str, float] = {}
+    for cells in stats.rows:
+        name = cells[name_at]
+        if name in out:
+            raise ValueError(f"{path}: structure {name!r} appears twice; expected one row per StructName")
+        out[name] = _to_float(cells[value_at], path, f"structure {name!r}, column {column}")
+    return out
+
+
+def read_aseg_stats(path: str | os.PathLike[str]) -> dict[str, float]:
+    """Read a subject's ``aseg.stats`` as asegstats2table's volume table does.
+
+    Parameters
+    ----------
+    path : path-like
+        ``<subject>/stats/aseg.stats`` (the ``mri_segstats`` layout).
+
+    Returns
+    -------
+    dict of str to float
+        ``StructName`` -> ``Volume_mm3`` in row order, then the global volumes of the recognised
+        ``# Measure`` lines (keys of :data:`ASEG_MEASURES`) in line order.
+
+    Raises
+    ------
+    ValueError
+        Naming the file when the ``# ColHeaders`` line, the ``StructName`` / ``Volume_mm3`` columns or
+        the data rows are missing, a cell is not a number, or a structure repeats.
+    """
+    path = Path(path)
+    stats = _parse_stats_file(path, ("StructName", "Volume_mm3"))
+    out = _struct_values(stats, path, "Volume_mm3")
+    for f1, f2, value in stats.measures:
+        name = _ASEG_MEASURE_BY_FIELDS.get((f1, f2))
+        if name is not None:
+            out[name] = value
+    return out
+
+
+def read_aparc_stats(path: str | os.PathLike[str], hemi: str | None = None) -> dict[str, dict[str, float]]:
+    """Read a subject's ``?h.aparc.stats`` into aparcstats2table's area / volume / thickness tables.
+
+    Parameters
+    ----------
+    path : path-like
+        ``<subject>/stats/lh.aparc.stats`` (or ``rh``; any parcellation with the same layout).
+    hemi : {"lh", "rh"}, optional
+        Hemisphere; by default taken from the file name.
+
+    Returns
+    -------
+    dict
+        ``{"<hemi>.aparc.area": {"<hemi>_<region>_area": value, ..., "<hemi>_WhiteSurfArea_area": ...,
+        "BrainSegVolNotVent": ..., "eTIV": ...}, "<hemi>.aparc.volume": {...}, "<hemi>.aparc.thickness":
+        {..., "<hemi>_MeanThickness_thickness": ...}}``; the parcellation name is taken from the file name.
+
+    Raises
+    ------
+    ValueError
+        As :func:`read_aseg_stats`, or when the hemisphere cannot be told from the file name.
+    """
+    path = Path(path)
+    match = re.match(r"^(lh|rh)\.(.+)\.stats$", path.name)
+    if hemi is None:
+        if match is None:
+            raise ValueError(f"{path}: cannot tell the hemisphere; expected a file named '<lh|rh>.<parc>.stats'")
+        hemi = match.group(1)
+    if hemi not in _HEMIS:
+        raise ValueError(f"{path}: hemi must be 'lh' or 'rh', got {hemi!r}")
+    parc = match.group(2) if match is not None else "aparc"
+    stats = _parse_stats_file(path, ("StructName", *(APARC_MEASURE_COLUMNS[m] for m in SUBJECT_APARC_MEASURES)))
+    tables: dict[str, dict[str, float]] = {}
+    for measure in SUBJECT_APARC_MEASURES:
+        values = _struct_values(stats, path, APARC_MEASURE_COLUMNS[measure])
+        table = {f"{hemi}_{region}_{measure}": value for region, value in values.items()}
+        # aparcstats2table appends the '# Measure' globals in file-line order
+        for f1, f2, value in stats.measures:
+            cortex = _APARC_CORTEX_MEASURES.get(measure)
+            if cortex is not None and (f1, f2) == ("Cortex", cortex[0]):
+                table[f"{hemi}_{cortex[0]}_{measure}"] = value
+            for name, fields in APARC_GLOBALS.items():
+                if (f1, f2) == fields:
+                    table[name] = value
+        tables[f"{hemi}.{parc}.{measure}"] = table
+    return tables
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Group tables
+# ----------------------------------------------------------------------------------------------------------------
+def _table_name(header: str, path: Path) -> str | None:
+    """The table name a group-table header cell stands for, or None when it is not one."""
+    if _APARC_HEADER.match(header):
+        return header
+    match = _ASEG_HEADER.match(header)
+    if match is None:
+        return None
+    base = "wmparc" if path.name.lower().startswith("wmparc") else "aseg"
+    return base if match.group(1) == "volume" else f"{base}.{match.group(1)}"
+
+
+def _split(line: str) -> list[str]:
+    for delimiter in ("\t", ",", ";"):
+        if delimiter in line:
+            return next(csv.reader([line], delimiter=delimiter))
+    return line.split()
+
+
+def read_group_table(path: str | os.PathLike[str]) -> tuple[str, pd.DataFrame]:
+    """Read one ``asegstats2table`` / ``aparcstats2table`` table.
+
+    Parameters
+    ----------
+    path : path-like
+        Delimited text (tab, comma, semicolon or space, as the tools' ``-d`` option writes) whose first
+        header cell is ``Measure:<measure>`` or ``<hemi>.<parc>.<measure>``.
+
+    Returns
+    -------
+    name : str
+        ``"aseg"`` (``Measure:volume``; ``"aseg.<measure>"`` for other measures, ``"wmparc..."`` when the
+        file name starts with ``wmparc``) or the aparc header itself (``"lh.aparc.thickness"``).
+    table : pandas.DataFrame
+        Index: subject keys as written (str); columns: the header's measures, float64.
+
+    Raises
+    ------
+    ValueError
+        Naming the file: unrecognised first header cell, empty table, duplicated column or subject,
+        a row with the wrong number of cells, or a non-numeric cell (with its subject and column).
+    """
+    path = Path(path)
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the table: {exc}") from exc
+    if not lines:
+        raise ValueError(f"{path}: empty file; expected an asegstats2table / aparcstats2table table")
+    header = [cell.strip() for cell in _split(lines[0])]
+    name = _table_name(header[0], path)
+    if name is None:
+        raise ValueError(f"{path}: first header cell {header[0]!r} is not a FreeSurfer group-table header; "
+                         "expected 'Measure:volume' (asegstats2table) or '<lh|rh>.<parc>.<measure>' "
+                         "such as 'lh.aparc.thickness' (aparcstats2table)")
+    columns = header[1:]
+    if not columns:
+        raise ValueError(f"{path}: the header names no measure column after {header[0]!r}")
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated:
+        raise ValueError(f"{path}: duplicated column(s) {duplicated}")
+    if len(lines) == 1:
+        raise ValueError(f"{path}: empty table (a header but no subject rows)")
+    keys: list[str] = []
+    values = np.empty((len(lines) - 1, len(columns)), dtype=np.float64)
+    first_line: dict[str, int] = {}
+    for row, line in enumerate(lines[1:]):
+        lineno = row + 2
+        cells = [cell.strip() for cell in _split(line)]
+        if len(cells) != len(header):
+            raise ValueError(f"{path}, line {lineno}: {len(cells)} cells, the header has {len(header)}")
+        key = cells[0]
+        if key in first_line:
+            raise ValueError(f"{path}: duplicated subject {key!r} (lines {first_line[key]} and {lineno}); "
+                             "expected one row per subject")
+        first_line[key] = lineno
+        keys.append(key)
+        for col, cell in enumerate(cells[1:]):
+            values[row, col] = _to_float(cell, path, f"subject {key!r}, column {columns[col]!r}")
+    table = pd.DataFrame(values, index=pd.Index(keys, dtype=object, name="subject"), columns=columns)
+    return name, table
+
+
+def _format_value(value: Any) -> str:
+    return repr(float(value))
+
+
+def write_group_tables(out_dir: str | os.PathLike[str], tables: Mapping[str, pd.DataFrame]) -> list[Path]:
+    """Write tables tab-separated, as ``asegstats2table`` / ``aparcstats2table`` write them.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Folder (created when missing).
+    tables : mapping of str to pandas.DataFrame
+        File name -> table whose FIRST column is the header column (named ``Measure:volume`` or
+        ``<hemi>.<parc>.<measure>``) holding the subject keys, the other columns numeric.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written, in the mapping's order.
+
+    Raises
+    ------
+    ValueError
+        Naming the file name when the first column is not a recognised header, a value is not a finite
+        number, subjects repeat or the table is empty.
+    """
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    for file_name, table in tables.items():
+        path = out_dir / file_name
+        if table.shape[1] < 2 or table.shape[0] == 0:
+            raise ValueError(f"{file_name}: expected a non-empty table with the header column and at least "
+                             f"one measure; got shape {table.shape}")
+        header = [str(c) for c in table.columns]
+        if _table_name(header[0], path) is None:
+            raise ValueError(f"{file_name}: first column {header[0]!r} is not 'Measure:<measure>' or "
+                             "'<lh|rh>.<parc>.<measure>'")
+        keys = table.iloc[:, 0].astype(str).tolist()
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"{file_name}: duplicated subject keys in column {header[0]!r}")
+        data = table.iloc[:, 1:].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        if not np.isfinite(data).all():
+            bad = [header[1 + j] for j in np.flatnonzero(~np.isfinite(data).all(axis=0))]
+            raise ValueError(f"{file_name}: non-numeric or non-finite values in column(s) {bad[:5]}")
+        lines = ["\t".join(header)]
+        lines += ["\t".join([key, *(_format_value(v) for v in row)]) for key, row in zip(keys, data)]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+        written.append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writers of per-subject stats files
+# ----------------------------------------------------------------------------------------------------------------
+def _round_aseg(volume: float) -> float:
+    return float(f"{volume:.1f}")
+
+
+def _round_aparc(measure: str, value: float) -> float:
+    return float(f"{value:.3f}") if measure == "thickness" else float(round(value))
+
+
+def _cortex_measures(regions: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """WhiteSurfArea (sum of region areas) and MeanThickness (area-weighted mean thickness), as written."""
+    area = sum(float(r["area"]) for r in regions.values())
+    thick = sum(float(r["area"]) * float(r["thickness"]) for r in regions.values()) / area if area > 0 else 0.0
+    return {"area": float(f"{area:.6f}"), "thickness": float(f"{thick:.6f}")}
+
+
+def _check_subject(aseg: Mapping[str, float], aparc: Mapping[str, Mapping[str, Mapping[str, float]]],
+                   measures: Mapping[str, float], where: str) -> None:
+    unknown = sorted(set(measures) - set(ASEG_MEASURES))
+    if unknown:
+        raise ValueError(f"{where}: unknown global measure(s) {unknown}; expected keys of ASEG_MEASURES "
+                         "such as 'EstimatedTotalIntraCranialVol'")
+    for name, value in {**aseg, **measures}.items():
+        if not math.isfinite(float(value)):
+            raise ValueError(f"{where}: value of {name!r} is not finite ({value!r})")
+        if any(ch.isspace() for ch in name):
+            raise ValueError(f"{where}: structure name {name!r} contains whitespace")
+    for hemi, regions in aparc.items():
+        if hemi not in _HEMIS:
+            raise ValueError(f"{where}: aparc hemisphere must be 'lh' or 'rh', got {hemi!r}")
+        for region, values in regions.items():
+            missing = [m for m in SUBJECT_APARC_MEASURES if m not in values]
+            if missing:
+                raise ValueError(f"{where}: aparc[{hemi!r}][{region!r}] lacks {missing}; expected "
+                                 f"{list(SUBJECT_APARC_MEASURES)}")
+            if not all(math.isfinite(float(values[m])) for m in SUBJECT_APARC_MEASURES):
+                raise ValueError(f"{where}: aparc[{hemi!r}][{region!r}] has a non-finite value")
+
+
+def _measure_line(name: str, value: float) -> str:
+    f1, f2, description, units = ASEG_MEASURES[name]
+    return f"# Measure {f1}, {f2}, {description}, {value:.6f}, {units}"
+
+
+def _aseg_stats_text(subject: str, aseg: Mapping[str, float], measures: Mapping[str, float]) -> str:
+    lines = [
+        "# Title Segmentation Statistics ",
+        "# ",
+        "# generating_program mri_segstats",
+        "# cvs_version $Id: mri_segstats.c,v 1.121 2016/05/31 17:27:11 greve Exp $",
+        "# cmdline mri_segstats --seg mri/aseg.mgz --sum stats/aseg.stats --pv mri/norm.mgz --empty "
+        "--brainmask mri/brainmask.mgz --brain-vol-from-seg --excludeid 0 --excl-ctxgmwm --supratent "
+        "--subcortgray --in mri/norm.mgz --in-intensity-name norm --in-intensity-units MR --etiv "
+        "--surf-wm-vol --surf-ctx-vol --totalgray --euler --ctab $FREESURFER_HOME/ASegStatsLUT.txt "
+        f"--subject {subject} ",
+        "# sysname  Linux",
+        "# hostname pmrl-sci",
+        "# machine  x86_64",
+        "# user     pmrl-sci",
+        "# anatomy_type volume",
+        "# ",
+        "# SUBJECTS_DIR /subjects",
+        f"# subjectname {subject}",
+    ]
+    lines += [_measure_line(name, float(value)) for name, value in measures.items()]
+    lines += [
+        "# SegVolFile mri/aseg.mgz ",
+        "# ColorTable $FREESURFER_HOME/ASegStatsLUT.txt ",
+        "# InVolFile  mri/norm.mgz ",
+        "# Excluding Cortical Gray and White Matter",
+        "# ExcludeSegId 0 2 3 41 42 ",
+        "# VoxelVolume_mm3 1 ",
+        "# TableCol  1 ColHeader Index ",
+        "# TableCol  2 ColHeader SegId ",
+        "# TableCol  3 ColHeader NVoxels ",
+        "# TableCol  4 ColHeader Volume_mm3 ",
+        "# TableCol  5 ColHeader StructName ",
+        f"# NRows {len(aseg)} ",
+        f"# NTableCols {len(_ASEG_COLUMNS)} ",
+        "# ColHeaders  " + " ".join(_ASEG_COLUMNS),
+    ]
+    next_id = 1000
+    for index, (name, volume) in enumerate(aseg.items(), start=1):
+        seg_id = ASEG_STRUCTURES.get(name)
+        if seg_id is None:
+            seg_id, next_id = next_id, next_id + 1
+        volume = _round_aseg(float(volume))
+        mean = 60.0 + (seg_id % 50)
+        lines.append(f"{index:3d} {seg_id:4d} {round(volume):9d} {volume:10.1f}  {name:<32s} "
+                     f"{mean:9.4f} {8.0:9.4f} {mean - 30:9.4f} {mean + 40:9.4f} {70.0:9.4f} ")
+    return "\n".join(lines) + "\n"
+
+
+def _aparc_stats_text(subject: str, hemi: str, regions: Mapping[str, Mapping[str, float]],
+                      measures: Mapping[str, float]) -> str:
+    cortex = _cortex_measures(regions)
+    n_vert = sum(round(float(r["area"]) * 1.45) for r in regions.values())
+    lines = [
+        "# Table of FreeSurfer cortical parcellation anatomical statistics ",
+        "# ",
+        "# CreationTime 2017/01/01-00:00:00-GMT",
+        "# generating_program mris_anatomical_stats",
+        "# cvs_version $Id: mris_anatomical_stats.c,v 1.79 2016/03/14 15:15:34 greve Exp $",
+        f"# cmdline mris_anatomical_stats -th3 -mgz -cortex ../label/{hemi}.cortex.label -f "
+        f"../stats/{hemi}.aparc.stats -b -a ../label/{hemi}.aparc.annot -c ../label/aparc.annot.ctab "
+        f"{subject} {hemi} white ",
+        "# sysname  Linux",
+        "# hostname pmrl-sci",
+        "# machine  x86_64",
+        "# user     pmrl-sci",
+        "# ",
+        "# SUBJECTS_DIR /subjects",
+        "# anatomy_type surface",
+        f"# subjectname {subject}",
+        f"# hemi {hemi}",
+        f"# AnnotationFile ../label/{hemi}.aparc.annot",
+        "# AnnotationFileTimeStamp 2017/01/01 00:00:00",
+        f"# Measure Cortex, NumVert, Number of Vertices, {n_vert}, unitless",
+        f"# Measure Cortex, WhiteSurfArea, White Surface Total Area, {cortex['area']:.6f}, mm^2",
+        f"# Measure Cortex, MeanThickness, Mean Thickness, {cortex['thickness']:.6f}, mm",
+    ]
+    lines += [_measure_line(name, float(measures[name]))
+              for name in ("BrainSegVol", "BrainSegVolNotVent", "BrainSegVolNotVentSurf", "CortexVol",
+                           "SupraTentorialVol", "SupraTentorialVolNotVent", "EstimatedTotalIntraCranialVol")
+              if name in measures]
+    lines.append(f"# NTableCols {len(_APARC_COLUMNS)}")
+    for i, col in enumerate(_APARC_COLUMNS, start=1):
+        lines.append(f"# TableCol {i:2d} ColHeader {col}")
+    lines.append("# ColHeaders " + " ".join(_APARC_COLUMNS))
+    for region, values in regions.items():
+        area = _round_aparc("area", float(values["area"]))
+        volume = _round_aparc("volume", float(values["volume"]))
+        thickness = _round_aparc("thickness", float(values["thickness"]))
+        lines.append(f"{region:<40s} {round(area * 1.45):6d} {int(area):6d} {int(volume):6d} {thickness:5.3f} "
+                     f"{0.5:5.3f} {0.124:9.3f} {0.025:9.3f} {max(1, int(area / 100)):5d} {1.4:6.1f}")
+    return "\n".join(lines) + "\n"
+
+
+def write_subject_stats(subject_dir: str | os.PathLike[str], aseg: Mapping[str, float],
+                        aparc: Mapping[str, Mapping[str, Mapping[str, float]]],
+                        measures: Mapping[str, float] | None = None) -> list[Path]:
+    """Write ``stats/aseg.stats`` and ``stats/?h.aparc.stats`` in FreeSurfer's layout.
+
+    Values are written with FreeSurfer's precision: ``Volume_mm3`` to 0.1 mm^3, ``SurfArea`` and
+    ``GrayVol`` as integers, ``ThickAvg`` to 0.001 mm, ``# Measure`` values with 6 decimals.
+    ``WhiteSurfArea`` is the sum of the region areas and ``MeanThickness`` the area-weighted mean
+    region thickness (FreeSurfer computes both on the surface; the regions tile the cortex).
+
+    Parameters
+    ----------
+    subject_dir : path-like
+        The subject's folder (its name is the subject key); ``stats/`` is created inside.
+    aseg : mapping of str to float
+        ``StructName`` -> volume (mm^3); names without whitespace.
+    aparc : mapping
+        ``{"lh": {region: {"area": .., "volume": .., "thickness": ..}}, "rh": {...}}``; a missing
+        hemisphere writes no file for it.
+    measures : mapping of str to float, optional
+        Global measures keyed as in :data:`ASEG_MEASURES`; written as ``# Measure`` lines of
+        ``aseg.stats`` (and, for the ones FreeSurfer repeats there, of ``?h.aparc.stats``).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+
+    Raises
+    ------
+    ValueError
+        Naming the subject folder and the offending entry for unknown measures, non-finite values, a
+        wrong hemisphere or a region lacking area / volume / thickness.
+    """
+    subject_dir = Path(subject_dir)
+    measures = dict(measures or {})
+    _check_subject(aseg, aparc, measures, str(subject_dir))
+    stats_dir = subject_dir / "stats"
+    subject = subject_dir.name
+    written: list[Path] = []
+    if aseg or measures:
+        if not aseg:
+            raise ValueError(f"{subject_dir}: aseg.stats needs at least one structure volume")
+        path = stats_dir / "aseg.stats"
+        atomic_write_text(path, _aseg_stats_text(subject, aseg, measures))
+        written.append(path)
+    for hemi in _HEMIS:
+        regions = aparc.get(hemi)
+        if regions:
+            path = stats_dir / f"{hemi}.aparc.stats"
+            atomic_write_text(path, _aparc_stats_text(subject, hemi, regions, measures))
+            written.append(path)
+    return written
+
+
+def group_tables_from_subjects(subjects: Mapping[str, SubjectMorphometry]) -> dict[str, pd.DataFrame]:
+    """Build what asegstats2table / aparcstats2table would output for subjects written by
+    :func:`write_subject_stats` (same rounding, same extra columns).
+
+    Parameters
+    ----------
+    subjects : mapping of str to SubjectMorphometry
+        Subject key -> measures.
+
+    Returns
+    -------
+    dict of str to pandas.DataFrame
+        ``"aseg_stats.txt"`` and ``"<hemi>.aparc.<measure>.txt"`` (area, volume, thickness) -> tables
+        ready for :func:`write_group_tables`. A subject without aseg (or a hemisphere) is absent from
+        those tables.
+    """
+    aseg_rows: list[dict[str, Any]] = []
+    aparc_rows: dict[str, list[dict[str, Any]]] = {}
+    for key, subject in subjects.items():
+        measures = dict(subject.measures)
+        _check_subject(subject.aseg, subject.aparc, measures, f"subject {key!r}")
+        if subject.aseg:
+            row: dict[str, Any] = {"Measure:volume": key}
+            row.update({name: _round_aseg(float(v)) for name, v in subject.aseg.items()})
+            row.update({name: float(f"{float(v):.6f}") for name, v in measures.items()})
+            aseg_rows.append(row)
+        for hemi in _HEMIS:
+            regions = subject.aparc.get(hemi)
+            if not regions:
+                continue
+            cortex = _cortex_measures(regions)
+            for measure in SUBJECT_APARC_MEASURES:
+                header = f"{hemi}.aparc.{measure}"
+                row = {header: key}
+                row.update({f"{hemi}_{region}_{measure}": _round_aparc(measure, float(values[measure]))
+                            for region, values in regions.items()})
+                if measure in _APARC_CORTEX_MEASURES:
+                    row[f"{hemi}_{_APARC_CORTEX_MEASURES[measure][0]}_{measure}"] = cortex[measure]
+                for name, aseg_name in _APARC_GLOBAL_IN_ASEG.items():
+                    if aseg_name in measures:
+                        row[name] = float(f"{float(measures[aseg_name]):.6f}")
+                aparc_rows.setdefault(header, []).append(row)
+    tables: dict[str, pd.DataFrame] = {}
+    if aseg_rows:
+        tables["aseg_stats.txt"] = pd.DataFrame(aseg_rows)
+    for header, rows in aparc_rows.items():
+        tables[f"{header}.txt"] = pd.DataFrame(rows)
+    return tables
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Folder reader
+# ----------------------------------------------------------------------------------------------------------------
+class _Collector:
+    """Table -> subject -> measures, remembering which file gave each (table, subject)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, dict[str, float]]] = {}
+        self.origin: dict[tuple[str, str], str] = {}
+        self.files: dict[str, list[str]] = {}
+
+    def add(self, table: str, subject: str, values: Mapping[str, float], source: str) -> None:
+        previous = self.origin.get((table, subject))
+        if previous is not None:
+            raise ValueError(f"duplicated subject {subject!r} in table {table!r}: given by {previous} and "
+                             f"by {source}; expected each subject once per table")
+        self.origin[(table, subject)] = source
+        self.rows.setdefault(table, {})[subject] = dict(values)
+        files = self.files.setdefault(table, [])
+        if source not in files:
+            files.append(source)
+
+
+def _subject_dirs(path: Path) -> list[Path]:
+    names = ("aseg.stats", *(f"{h}.aparc.stats" for h in _HEMIS))
+    return [d for d in sorted(path.iterdir()) if d.is_dir() and any((d / "stats" / n).is_file() for n in names)]
+
+
+def read_freesurfer_dir(path: str | os.PathLike[str], strict: bool = False,
+                        drop_duplicate_globals: bool = True) -> pd.DataFrame:
+    """Read every FreeSurfer table of a folder into one subject x feature table.
+
+    Parameters
+    ----------
+    path : path-like
+        A folder holding (a) group tables (``*.txt``, ``*.tsv``, ``*.csv`` whose first header cell is
+        ``Measure:volume`` or ``<hemi>.<parc>.<measure>``), and/or (b) per-subject folders
+        ``<subject>/stats/{aseg,lh.aparc,rh.aparc}.stats``. Tables of the same name from several files
+        (e.g. one file per site) are stacked; different tables are outer-joined on the subject key.
+    strict : bool
+        Raise on a ``*.txt/*.tsv/*.csv`` file that is not a FreeSurfer table (by default it is skipped
+        and listed in the report).
+    drop_duplicate_globals : bool
+        aparcstats2table repeats ``BrainSegVolNotVent`` and ``eTIV`` in every aparc table; keep one copy
+        (none when the aseg table has ``BrainSegVolNotVent`` / ``EstimatedTotalIntraCranialVol``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``subject`` (str keys exactly as written: table rows or folder names); columns
+        ``<table>:<measure>`` (e.g. ``aseg:Left-Hippocampus``, ``lh.aparc.thickness:lh_bankssts_thickness``),
+        float64, tables in sorted order. A subject missing from a table has NaN there (with a
+        warning). ``df.attrs["report"]`` holds: ``tables`` (files, subjects, features per table),
+        ``missing_tables`` (subject -> tables it lacks), ``skipped_files``, ``dropped_columns``,
+        ``n_subjects`` and ``n_features``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` is not a folder.
+    ValueError
+        When nothing readable is found, or naming the file for an unrecognised header (``strict``),
+        empty table, non-numeric cell or duplicated subject.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"FreeSurfer folder not found: {path}")
+    collector = _Collector()
+    skipped: list[str] = []
+    for file in sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _TABLE_SUFFIXES):
+        try:
+            first = next((ln for ln in file.read_text(encoding="utf-8-sig").splitlines() if ln.strip()), "")
+        except (OSError, UnicodeDecodeError):
+            first = ""
+        if not first or _table_name(_split(first)[0].strip(), file) is None:
+            if strict:
+                raise ValueError(f"{file}: no recognised FreeSurfer group-table header; expected the first "
+                                 "cell 'Measure:volume' or '<lh|rh>.<parc>.<measure>'")
+            skipped.append(str(file))
+            continue
+        name, table = read_group_table(file)
+        for key, row in zip(table.index, table.to_numpy()):
+            collector.add(name, str(key), dict(zip(table.columns, row.tolist())), str(file))
+    for subject_dir in _subject_dirs(path):
+        subject = subject_dir.name
+        stats = subject_dir / "stats"
+        if (stats / "aseg.stats").is_file():
+            collector.add("aseg", subject, read_aseg_stats(stats / "aseg.stats"), str(stats / "aseg.stats"))
+        for hemi in _HEMIS:
+            file = stats / f"{hemi}.aparc.stats"
+            if file.is_file():
+                for name, values in read_aparc_stats(file, hemi).items():
+                    collector.add(name, subject, values, str(file))
+    if not collector.rows:
+        raise ValueError(f"{path}: no FreeSurfer data found; expected group tables (*.txt/*.tsv/*.csv whose "
+                         "first header cell is 'Measure:volume' or '<lh|rh>.<parc>.<measure>') or per-subject "
+                         "folders '<subject>/stats/{aseg,lh.aparc,rh.aparc}.stats'"
+                         + (f" (skipped non-table files: {[Path(s).name for s in skipped]})" if skipped else ""))
+    return _assemble(collector, path, skipped, drop_duplicate_globals)
+
+
+def _assemble(collector: _Collector, path: Path, skipped: list[str], drop_duplicate_globals: bool) -> pd.DataFrame:
+    names = sorted(collector.rows, key=lambda n: (not n.startswith("aseg"), n))
+    aseg_columns = set().union(*(row.keys() for row in collector.rows.get("aseg", {}).values()))
+    blocks: list[pd.DataFrame] = []
+    dropped: list[str] = []
+    kept_globals: set[str] = set()
+    table_report: dict[str, dict[str, Any]] = {}
+    for name in names:
+        rows = collector.rows[name]
+        columns: dict[str, None] = {}
+        for values in rows.values():
+            columns.update(dict.fromkeys(values))
+        block = pd.DataFrame.from_dict(rows, orient="index", columns=list(columns), dtype=np.float64)
+        if drop_duplicate_globals and not name.startswith(("aseg", "wmparc")):
+            for column in APARC_GLOBALS:
+                if column not in block.columns:
+                    continue
+                if _APARC_GLOBAL_IN_ASEG[column] in aseg_columns or column in kept_globals:
+                    block = block.drop(columns=column)
+                    dropped.append(f"{name}:{column}")
+                else:
+                    kept_globals.add(column)
+        table_report[name] = {"files": collector.files[name], "n_subjects": len(rows),
+                              "n_features": int(block.shape[1])}
+        block.columns = [f"{name}:{c}" for c in block.columns]
+        blocks.append(block)
+    df = pd.concat(blocks, axis=1, join="outer")
+    subjects = sorted({s for rows in collector.rows.values() for s in rows})
+    df = df.reindex(pd.Index(subjects, dtype=object, name="subject")).astype(np.float64)
+    missing = {s: [n for n in names if s not in collector.rows[n]] for s in subjects}
+    missing = {s: tables for s, tables in missing.items() if tables}
+    if missing:
+        warnings.warn(f"{path}: {len(missing)} of {len(subjects)} subjects miss at least one FreeSurfer table "
+                      f"(their features there are NaN), e.g. {next(iter(missing))!r} misses "
+                      f"{next(iter(missing.values()))}; see df.attrs['report']['missing_tables']", stacklevel=3)
+    df.attrs["report"] = {
+        "path": str(path),
+        "tables": table_report,
+        "missing_tables": missing,
+        "skipped_files": skipped,
+        "dropped_columns": dropped,
+        "n_subjects": int(df.shape[0]),
+        "n_features": int(df.shape[1]),
+    }
+    return df
