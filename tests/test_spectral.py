@@ -30,7 +30,8 @@ def test_forward_matches_float64_svd(k, d):
     tie = (ref_u1 * z.double().sum(1)).sum(-1).abs() < 1e-5  # k = 2 with a negative cosine: u1 . sum z = 0
     assert (spec.u1.double() - ref_u1).norm(dim=-1)[~tie].max() < 1e-4
     # on ties: equal up to sign, and oriented along the first modality
-    assert torch.cat([(spec.u1.double().abs() - ref_u1.abs()).norm(dim=-1)[tie], torch.zeros(1, dtype=torch.float64)]).max() < 1e-4
+    tie_err = (spec.u1.double().abs() - ref_u1.abs()).norm(dim=-1)[tie]
+    assert torch.cat([tie_err, torch.zeros(1, dtype=torch.float64)]).max() < 1e-4
     assert torch.all((spec.u1 * z[:, 0]).sum(-1)[tie] > 0)
     assert torch.allclose(spec.u1.norm(dim=-1), torch.ones(128), atol=1e-5)
     # right singular vectors: Z^T Z v_j = sigma_j^2 v_j
@@ -90,7 +91,8 @@ def test_gradients_match_float64_svd_on_separated_spectra(k):
 def _pmrl_like_loss(z: torch.Tensor) -> torch.Tensor:
     s = spectrum(z)
     logits = s.sigma / 0.05
-    return F.cross_entropy(logits, torch.zeros(z.shape[0], dtype=torch.long)) + (s.u1 @ s.u1.T / 0.1).logsumexp(1).mean()
+    target = torch.zeros(z.shape[0], dtype=torch.long)
+    return F.cross_entropy(logits, target) + (s.u1 @ s.u1.T / 0.1).logsumexp(1).mean()
 
 
 def _degenerate_inputs(k: int = 4, d: int = 16):
@@ -124,7 +126,8 @@ def test_torch_svd_is_nan_where_ours_is_finite():
     z = _degenerate_inputs()["orthogonal"].double().clone().requires_grad_()
     r = svd_reference(z, full_matrices=False)
     logits = r.sigma / 0.05
-    loss = F.cross_entropy(logits, torch.zeros(z.shape[0], dtype=torch.long)) + (r.u1 @ r.u1.T / 0.1).logsumexp(1).mean()
+    target = torch.zeros(z.shape[0], dtype=torch.long)
+    loss = F.cross_entropy(logits, target) + (r.u1 @ r.u1.T / 0.1).logsumexp(1).mean()
     loss.backward()
     assert not torch.isfinite(z.grad).all()
 
