@@ -1,0 +1,26 @@
+"""ABIDE (autism; fMRI, sMRI, text): readers of ABIDE Preprocessed, a simulated cohort, the cohort loader.
+
+Modules: ``phenotype`` (CSV and nilearn's quality filter), ``timeseries`` (atlases, ``.1D``
+files in three layouts), ``connectivity`` (Pearson / partial correlation, dead-ROI policy),
+``freesurfer`` (FreeSurfer tables), ``generator`` (simulated cohort in the real formats) and
+``cohort`` (``load_abide_cohort``, ``fetch_abide``).
+"""
+
+from pmrl_sci.pipelines.abide.cohort import AbideCohort, fetch_abide, load_abide_cohort
+from pmrl_sci.pipelines.abide.connectivity import compute_connectivity
+from pmrl_sci.pipelines.abide.generator import generate_abide_like
+from pmrl_sci.pipelines.abide.phenotype import quality_filter, read_phenotype
+from pmrl_sci.pipelines.abide.timeseries import ATLAS_ROIS, find_roi_files, read_roi_timeseries
+
+__all__ = [
+    "ATLAS_ROIS",
+    "AbideCohort",
+    "compute_connectivity",
+    "fetch_abide",
+    "find_roi_files",
+    "generate_abide_like",
+    "load_abide_cohort",
+    "quality_filter",
+    "read_phenotype",
+    "read_roi_timeseries",
+]

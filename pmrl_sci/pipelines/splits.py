@@ -1,0 +1,161 @@
+"""Site-stratified train / validation / test splits (scikit-learn underneath).
+
+Strata are the joint ``diagnosis x site`` key; a stratum too small for the splitter falls back
+to its site, and a site that is still too small joins one pooled ``rare`` stratum (which, if
+still too small, joins the largest stratum). Every split is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
+
+Split = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def stratum_keys(labels: Sequence[int] | np.ndarray, sites: Sequence[str] | np.ndarray,
+                 min_count: int = 2) -> np.ndarray:
+    """Joint ``site|label`` keys with the fallback for strata smaller than ``min_count``.
+
+    Parameters
+    ----------
+    labels, sites : array-like
+        One entry per subject.
+    min_count : int
+        Smallest stratum the splitter accepts (2 for shuffle splits, ``n_folds`` for k-fold).
+
+    Returns
+    -------
+    ndarray of str
+    """
+    labels = np.asarray(labels)
+    sites = np.asarray(sites).astype(str)
+    if labels.ndim != 1 or sites.shape != labels.shape:
+        raise ValueError(f"labels and sites must be 1-D of the same length, got {labels.shape} and {sites.shape}")
+    keys = np.array([f"{s}|{y}" for s, y in zip(sites, labels)], dtype=object)
+    counts = Counter(keys)
+    keys = np.array([k if counts[k] >= min_count else k.rsplit("|", 1)[0] for k in keys], dtype=object)
+    counts = Counter(keys)
+    keys = np.array([k if counts[k] >= min_count else "__rare__" for k in keys], dtype=object)
+    counts = Counter(keys)
+    if 0 < counts.get("__rare__", 0) < min_count and len(counts) > 1:
+        largest = max((k for k in counts if k != "__rare__"), key=lambda k: (counts[k], k))
+        keys = np.where(keys == "__rare__", largest, keys)
+    return keys.astype(str)
+
+
+def _check(labels: Sequence[int] | np.ndarray, sites: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels)
+    sites = np.asarray(sites)
+    if labels.ndim != 1 or sites.ndim != 1 or len(labels) != len(sites):
+        raise ValueError(f"labels and sites must be 1-D of the same length, got {labels.shape} and {sites.shape}")
+    return labels, sites
+
+
+def bnt_split(labels: Sequence[int] | np.ndarray, sites: Sequence[str] | np.ndarray, seed: int,
+              train: float = 0.7, val: float = 0.1, test: float = 0.2) -> Split:
+    """BrainNetTF's protocol: one site-stratified 70 / 10 / 20 train / validation / test split.
+
+    As in BrainNetTF, ``n_train = floor(train * N)``, ``n_val = floor(val * N)`` and the test
+    part takes the rest; the train part is drawn first (stratified shuffle split), then the
+    remainder is split into validation and test, both stratified by ``site x diagnosis``
+    (with the fallback of :func:`stratum_keys`).
+
+    Parameters
+    ----------
+    labels, sites : array-like
+        Diagnosis and site per subject.
+    seed : int
+        Random state (a trial index).
+    train, val, test : float
+        Fractions; must sum to 1.
+
+    Returns
+    -------
+    train_idx, val_idx, test_idx : ndarray of int
+        Sorted, disjoint, covering ``range(N)``.
+    """
+    labels, sites = _check(labels, sites)
+    if min(train, val, test) <= 0 or abs(train + val + test - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be positive and sum to 1, got train={train}, val={val}, test={test}")
+    n = len(labels)
+    n_train, n_val = int(np.floor(train * n)), int(np.floor(val * n))
+    n_test = n - n_train - n_val
+    if min(n_train, n_val, n_test) < 1:
+        raise ValueError(f"{n} subjects are too few for a {train}/{val}/{test} split")
+    all_idx = np.arange(n)
+    first = StratifiedShuffleSplit(n_splits=1, train_size=n_train, test_size=n_val + n_test, random_state=seed)
+    train_idx, rest = next(first.split(all_idx, _safe_keys(labels, sites, n_train, n_val + n_test)))
+    second = StratifiedShuffleSplit(n_splits=1, train_size=n_val, test_size=n_test, random_state=seed + 1)
+    val_pos, test_pos = next(second.split(rest, _safe_keys(labels[rest], sites[rest], n_val, n_test)))
+    return np.sort(train_idx), np.sort(rest[val_pos]), np.sort(rest[test_pos])
+
+
+def _safe_keys(labels: np.ndarray, sites: np.ndarray, n_a: int, n_b: int) -> np.ndarray:
+    """Strata usable by ``StratifiedShuffleSplit`` for parts of ``n_a`` and ``n_b`` subjects.
+
+    The splitter needs every stratum to have 2 members and at most ``min(n_a, n_b)`` strata;
+    when the joint key has too many strata the site alone is used, then the diagnosis, then none.
+    """
+    limit = min(n_a, n_b)
+    for keys in (stratum_keys(labels, sites, 2), stratum_keys(np.zeros_like(labels), sites, 2),
+                 stratum_keys(labels, np.zeros(len(labels), dtype=str), 2)):
+        if len(set(keys)) <= limit:
+            return keys
+    return np.zeros(len(labels), dtype=str)
+
+
+def stratified_site_folds(labels: Sequence[int] | np.ndarray, sites: Sequence[str] | np.ndarray, n_folds: int,
+                          seed: int, val_fraction: float = 0.1) -> list[Split]:
+    """K folds stratified by ``diagnosis x site``, each with a validation part carved from its training part.
+
+    Each fold's test part is one ``StratifiedKFold`` fold (shuffled with ``seed``) on the joint
+    key (rare strata fall back as in :func:`stratum_keys`); the validation part,
+    ``round(val_fraction * N)`` subjects, is drawn from the remaining subjects by a stratified
+    shuffle split. With 5 folds and ``val_fraction=0.1`` the parts are 70 / 10 / 20 %.
+
+    Parameters
+    ----------
+    labels, sites : array-like
+        Diagnosis and site per subject.
+    n_folds : int
+        Number of folds (>= 2).
+    seed : int
+        Random state.
+    val_fraction : float
+        Validation size as a fraction of all subjects (0 for no validation part).
+
+    Returns
+    -------
+    list of (train_idx, val_idx, test_idx)
+        Sorted, disjoint index arrays; the test parts partition ``range(N)``.
+    """
+    labels, sites = _check(labels, sites)
+    n = len(labels)
+    if n_folds < 2 or n_folds > n:
+        raise ValueError(f"n_folds must be in [2, {n}] for {n} subjects, got {n_folds}")
+    if not 0 <= val_fraction < 1 - 1 / n_folds:
+        raise ValueError(f"val_fraction must be in [0, {1 - 1 / n_folds:.2f}), got {val_fraction}")
+    keys = stratum_keys(labels, sites, n_folds)
+    if min(Counter(keys).values()) < n_folds:  # even the pooled strata are too small: stratify by diagnosis
+        keys = stratum_keys(labels, np.zeros(n, dtype=str), n_folds)
+        if min(Counter(keys).values()) < n_folds:
+            keys = np.zeros(n, dtype=str)
+    folder = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds: list[Split] = []
+    for fold, (train_idx, test_idx) in enumerate(folder.split(np.arange(n), keys)):
+        n_val = int(round(val_fraction * n))
+        if n_val == 0:
+            folds.append((np.sort(train_idx), np.array([], dtype=int), np.sort(test_idx)))
+            continue
+        n_fit = len(train_idx) - n_val
+        if n_fit < 1:
+            raise ValueError(f"fold {fold}: {len(train_idx)} training subjects cannot give {n_val} for validation")
+        splitter = StratifiedShuffleSplit(n_splits=1, train_size=n_fit, test_size=n_val, random_state=seed + fold)
+        fit_pos, val_pos = next(splitter.split(train_idx, _safe_keys(labels[train_idx], sites[train_idx],
+                                                                      n_fit, n_val)))
+        folds.append((np.sort(train_idx[fit_pos]), np.sort(train_idx[val_pos]), np.sort(test_idx)))
+    return folds
