@@ -171,7 +171,8 @@ def prepare_split_arrays(cohort: AbideCohort, config: AbideConfig, train: np.nda
     inputs: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {}
     if "fmri" in config.modalities:
-        inputs["fmri"] = cohort.fmri[:, FMRI_CHANNELS[config.fmri_channels]]
+        channels = FMRI_CHANNELS[config.fmri_channels]
+        inputs["fmri"] = cohort.fmri[:, channels[0]] if len(channels) == 1 else cohort.fmri[:, channels]
     if "smri" in config.modalities:
         inputs["smri"], info["combat"] = harmonise_smri(cohort, train, config.combat)
     if "text" in config.modalities:
@@ -224,9 +225,15 @@ def build_abide_model(config: AbideConfig, cohort: AbideCohort) -> AbideModel:
     encoders: dict[str, nn.Module] = {}
     if "fmri" in config.modalities:
         n_rois = cohort.fmri.shape[-1]
-        encoders["fmri"] = build_encoder("brainnettf", n_rois=n_rois, embed_dim=config.embed_dim,
-                                         channels=len(FMRI_CHANNELS[config.fmri_channels]),
-                                         n_clusters=min(100, n_rois))
+        channels = len(FMRI_CHANNELS[config.fmri_channels])
+        # BrainNetTF uses 4 heads over R-dimensional node features (R = 200 for CC200); atlases whose
+        # feature size 4 does not divide (ho: 111, tt: 97, dosenbach160: 161) get the largest divisor below
+        heads = next(h for h in (4, 3, 2, 1) if (channels * n_rois) % h == 0)
+        if heads != 4:
+            logger.warning("BrainNetTF: %d node features are not divisible by 4 heads; using %d", channels * n_rois,
+                           heads)
+        encoders["fmri"] = build_encoder("brainnettf", n_rois=n_rois, embed_dim=config.embed_dim, channels=channels,
+                                         n_heads=heads, n_clusters=min(100, channels * n_rois))
     if "smri" in config.modalities:
         encoders["smri"] = build_encoder("mlp", in_features=cohort.smri.shape[1], embed_dim=config.embed_dim,
                                          hidden_dim=256, num_layers=2, dropout=config.dropout)
