@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -143,3 +145,28 @@ class EarlyStopping:
     def should_stop(self) -> bool:
         """True once ``patience`` epochs passed without improvement."""
         return self.bad_epochs >= self.patience
+
+
+EpochCallback = Callable[[str, int, Mapping[str, float]], None]
+_EPOCH_CALLBACK: ContextVar[EpochCallback | None] = ContextVar("pmrl_sci_epoch_callback", default=None)
+
+
+@contextmanager
+def epoch_callback(callback: EpochCallback) -> Iterator[None]:
+    """Call ``callback(unit, epoch, validation_metrics)`` after every epoch of every front end run inside.
+
+    Used by sweeps to report intermediate values to Optuna and prune: the callback may raise
+    (e.g. ``optuna.TrialPruned``) to stop the run; the exception propagates out of ``main``.
+    """
+    token = _EPOCH_CALLBACK.set(callback)
+    try:
+        yield
+    finally:
+        _EPOCH_CALLBACK.reset(token)
+
+
+def report_epoch(unit: str, epoch: int, metrics: Mapping[str, float]) -> None:
+    """Hand one epoch's validation metrics to the active :func:`epoch_callback`, if any."""
+    callback = _EPOCH_CALLBACK.get()
+    if callback is not None:
+        callback(unit, epoch, metrics)

@@ -36,7 +36,14 @@ from pmrl_sci.pipelines.abide.cohort import AbideCohort, load_abide_cohort
 from pmrl_sci.registry import build_encoder
 from pmrl_sci.runs import RunFolder, summarize
 from pmrl_sci.spectral import spectrum
-from pmrl_sci.training import EarlyStopping, MultimodalModel, progress, resolve_device, seed_everything
+from pmrl_sci.training import (
+    EarlyStopping,
+    MultimodalModel,
+    progress,
+    report_epoch,
+    resolve_device,
+    seed_everything,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -340,6 +347,7 @@ def train_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.
         if val["sigma"] is not None:
             record["val_sigma_mean"] = val["sigma"].mean(axis=0).tolist()
         run.log_metrics(record)
+        report_epoch(unit, epoch, {f"val_{k}": v for k, v in val_metrics.items()})
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_auc=f"{val_metrics['auc']:.3f}")
         if stopper.should_stop:
@@ -443,6 +451,7 @@ def run_abide(config: AbideConfig) -> dict[str, Any]:
         results.append(result)
     summary: dict[str, Any] = {key: summarize([r[key] for r in results])
                                for key in ("auc", "accuracy", "sensitivity", "specificity")}
+    summary["validation"] = {"metric": "auc", **summarize([r["best_val"] for r in results])}
     summary.update(
         objective=config.objective, modalities=config.modalities, n_subjects=len(cohort), leaky=leaky,
         simulated_data=simulated, split="folds" if config.folds else "bnt", units=[
