@@ -16,7 +16,7 @@ from typing import Any
 
 from pmrl_sci.config import parse_args_with_config
 from pmrl_sci.runs import default_run_dir
-from pmrl_sci.tasks.abide import ABIDE_MODALITIES, FMRI_CHANNELS, AbideConfig, run_abide
+from pmrl_sci.tasks.abide import ABIDE_MODALITIES, FMRI_CHANNELS, MODELS, AbideConfig, run_abide
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--default-subjects", type=int, default=d.default_subjects,
                       help="size of the generated cohort when no --data-dir is given")
     data.add_argument("--default-sites", type=int, default=d.default_sites, help="sites of the generated cohort")
+    data.add_argument("--model", choices=MODELS, default=d.model,
+                      help="multimodal: the PMRL/GRAM/VAST model over --modalities; brainnettf, vanillatf, "
+                           "brainnetcnn: fMRI-only encoder baselines with cross-entropy; gcn: population-graph GCN "
+                           "(Parisot et al. 2018); logistic: logistic regression on vectorised connectivity")
+    data.add_argument("--fmri-encoder", choices=["brainnettf", "vanillatf", "brainnetcnn"], default=d.fmri_encoder,
+                      help="fMRI encoder of the multimodal model")
     obj = p.add_argument_group("objective")
     obj.add_argument("--objective", choices=["pmrl", "gram", "vast", "none"], default=d.objective,
                      help="alignment objective added to the classification loss")
@@ -63,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     obj.add_argument("--rank", type=int, default=d.rank, help="PMRL: 2 for the sigma_1 + sigma_2 ablation")
     obj.add_argument("--temperature", type=float, default=d.temperature, help="GRAM/VAST: initial temperature")
     obj.add_argument("--anchor", default=d.anchor, help="GRAM/VAST anchor modality (default: the last, text)")
+    obj.add_argument("--gram-volume-only", dest="gram_contrastive", action="store_false",
+                     help="GRAM without its contrastive part: minimise the mean volume alone ('w/o reg')")
     obj.add_argument("--align-weight", type=float, default=d.align_weight, help="weight of the alignment objective")
     obj.add_argument("--classification-weight", type=float, default=d.classification_weight,
                      help="weight of the cross-entropy (0 for the 'w/o classification' ablation)")
@@ -106,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except (FileNotFoundError, ValueError) as exc:
         parser.exit(2, f"error: {exc}\n")
     auc, acc = results["auc"], results["accuracy"]
-    print(f"[pmrl_sci.abide] {config.objective} on {'+'.join(results['modalities'])}: "
+    label = results["objective"] if results["model"] == "multimodal" else results["model"]
+    print(f"[pmrl_sci.abide] {label} on {'+'.join(results['modalities'])}: "
           f"AUC {auc['mean']:.3f} ± {auc['std']:.3f}, accuracy {acc['mean']:.3f} ± {acc['std']:.3f} "
           f"({auc['n']} run(s)); results in {config.out}")
     return results

@@ -49,6 +49,11 @@ logger = logging.getLogger(__name__)
 
 ABIDE_MODALITIES = ("fmri", "smri", "text")
 FMRI_CHANNELS = {"both": [0, 1], "correlation": [0], "partial": [1]}
+#: --model choices: the multimodal model (any modalities, any objective), fMRI-only encoder baselines
+#: trained with cross-entropy, and the non-deep baselines of the paper's Table 4
+ENCODER_BASELINES = ("brainnettf", "vanillatf", "brainnetcnn")
+FIT_BASELINES = ("gcn", "logistic")
+MODELS = ("multimodal", *ENCODER_BASELINES, *FIT_BASELINES)
 
 
 @dataclass
@@ -56,6 +61,8 @@ class AbideConfig:
     """Everything that defines an ABIDE run (the resolved config written to the run folder)."""
 
     modalities: list[str] = field(default_factory=lambda: list(ABIDE_MODALITIES))
+    model: str = "multimodal"
+    fmri_encoder: str = "brainnettf"
     data_dir: str | None = None
     atlas: str = "cc200"
     pipeline: str = "cpac"
@@ -70,6 +77,7 @@ class AbideConfig:
     rank: int = 1
     temperature: float = 0.07
     anchor: str | None = None
+    gram_contrastive: bool = True
     align_weight: float = 1.0
     classification_weight: float = 1.0
     split: str = "bnt"
@@ -239,8 +247,15 @@ def build_abide_model(config: AbideConfig, cohort: AbideCohort) -> AbideModel:
         if heads != 4:
             logger.warning("BrainNetTF: %d node features are not divisible by 4 heads; using %d", channels * n_rois,
                            heads)
-        encoders["fmri"] = build_encoder("brainnettf", n_rois=n_rois, embed_dim=config.embed_dim, channels=channels,
-                                         n_heads=heads, n_clusters=min(100, channels * n_rois))
+        if config.fmri_encoder == "brainnettf":
+            encoders["fmri"] = build_encoder("brainnettf", n_rois=n_rois, embed_dim=config.embed_dim,
+                                             channels=channels, n_heads=heads, n_clusters=min(100, channels * n_rois))
+        elif config.fmri_encoder == "vanillatf":
+            encoders["fmri"] = build_encoder("vanillatf", n_rois=n_rois, embed_dim=config.embed_dim,
+                                             channels=channels, n_heads=heads)
+        else:
+            encoders["fmri"] = build_encoder(config.fmri_encoder, n_rois=n_rois, embed_dim=config.embed_dim,
+                                             channels=channels)
     if "smri" in config.modalities:
         encoders["smri"] = build_encoder("mlp", in_features=cohort.smri.shape[1], embed_dim=config.embed_dim,
                                          hidden_dim=256, num_layers=2, dropout=config.dropout)
@@ -258,7 +273,8 @@ def build_alignment(config: AbideConfig) -> nn.Module | None:
         return build_objective("pmrl", tau1=config.tau1, tau2=config.tau2, lambda1=config.lambda1,
                                instance_term=config.instance_term, rank=config.rank)
     if config.objective == "gram":
-        return build_objective("gram", anchor=config.anchor or config.modalities[-1], temperature=config.temperature)
+        return build_objective("gram", anchor=config.anchor or config.modalities[-1], temperature=config.temperature,
+                               contrastive=config.gram_contrastive)
     if config.objective == "vast":
         return build_objective("vast", anchor=config.anchor or config.modalities[-1], temperature=config.temperature)
     raise ValueError(f"unknown objective {config.objective!r}: expected pmrl, gram, vast or none")
@@ -276,7 +292,7 @@ def _to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, to
 def evaluate(model: AbideModel, loader: DataLoader, device: torch.device) -> dict[str, Any]:
     """Probabilities of autism, labels, and the mean singular values of the modality matrix."""
     model.eval()
-    probs, labels, sigmas = [], [], []
+    probs, labels, sigmas, u1s, vs = [], [], [], [], []
     for inputs, mask, y in loader:
         inputs, mask = _to(inputs, device), _to(mask, device)
         logits, embeddings = model(inputs, mask)
@@ -286,9 +302,20 @@ def evaluate(model: AbideModel, loader: DataLoader, device: torch.device) -> dic
             full = torch.stack([mask[m] for m in embeddings]).all(0)
             z = torch.stack([nn.functional.normalize(e.float(), dim=-1) for e in embeddings.values()], dim=1)
             if bool(full.any()):
-                sigmas.append(spectrum(z[full]).sigma.cpu())
-    out = {"prob": torch.cat(probs).numpy(), "label": torch.cat(labels).numpy()}
+                spec = spectrum(z[full])
+                sigmas.append(spec.sigma.cpu())
+                u1s.append(spec.u1.cpu())
+                vs.append(spec.v.abs().cpu())
+    out: dict[str, Any] = {"prob": torch.cat(probs).numpy(), "label": torch.cat(labels).numpy()}
     out["sigma"] = torch.cat(sigmas).numpy() if sigmas else None
+    if u1s:
+        u1 = torch.cat(u1s)
+        cosine = u1 @ u1.T
+        n = u1.shape[0]
+        # mean cosine between the leading directions of different instances
+        out["u1_cosine"] = float((cosine.sum() - cosine.diagonal().sum()) / max(n * (n - 1), 1))
+        # modality contribution: mean |V| over instances (rows: modalities, columns: singular directions)
+        out["v_abs_mean"] = torch.cat(vs).mean(0).tolist()
     return out
 
 
@@ -346,6 +373,8 @@ def train_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.
                   **{f"val_{k}": v for k, v in val_metrics.items()}}
         if val["sigma"] is not None:
             record["val_sigma_mean"] = val["sigma"].mean(axis=0).tolist()
+            record["val_u1_cosine"] = val["u1_cosine"]
+            record["val_v_abs_mean"] = val["v_abs_mean"]
         run.log_metrics(record)
         report_epoch(unit, epoch, {f"val_{k}": v for k, v in val_metrics.items()})
         if hasattr(bar, "set_postfix"):
@@ -359,8 +388,61 @@ def train_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.
     result = {"unit": unit, "seed": seed, "best_epoch": stopper.best_epoch, "best_val": stopper.best,
               "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"]),
               **metrics, "roc": roc_points(test["label"], test["prob"]) if len(set(test["label"])) == 2 else None,
-              "test_sigma": test["sigma"].tolist() if test["sigma"] is not None else None, "prep": info}
+              "test_sigma": test["sigma"].tolist() if test["sigma"] is not None else None,
+              "test_u1_cosine": test.get("u1_cosine"), "test_v_abs_mean": test.get("v_abs_mean"), "prep": info}
     return result
+
+
+def fit_baseline_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.ndarray], seed: int,
+                      unit: str) -> dict[str, Any]:
+    """The non-deep baselines on vectorised connectivity: logistic regression or the population GCN.
+
+    Subjects without fMRI are left out of these baselines (counted in the result).
+    """
+    from pmrl_sci.baselines import fit_predict_logistic, fit_predict_population_gcn, vectorize_connectivity
+
+    fmri_only = dataclasses.replace(config, modalities=["fmri"])
+    has = cohort.mask["fmri"]
+    kept = {name: idx[has[idx]] for name, idx in parts.items()}
+    arrays, info = prepare_split_arrays(cohort, fmri_only, kept["train"], kept, seed)
+    order = ["train", "val", "test"]
+    features = vectorize_connectivity(np.concatenate([arrays[n].inputs["fmri"] for n in order]))
+    labels = np.concatenate([arrays[n].labels for n in order])
+    subjects = np.concatenate([arrays[n].index for n in order])
+    bounds = np.cumsum([0] + [len(arrays[n].labels) for n in order])
+    local = {n: np.arange(bounds[i], bounds[i + 1]) for i, n in enumerate(order)}
+    if config.model == "logistic":
+        prob, fit_info = fit_predict_logistic(features, labels, local["train"], local["val"], local["test"], seed=seed,
+                                              return_info=True)
+        best_val = max(fit_info["scores"].values()) if fit_info.get("scores") else float("nan")
+    else:
+        prob_all, fit_info = fit_predict_population_gcn(
+            features, labels, cohort.sites[subjects], cohort.sex[subjects], cohort.age[subjects], local["train"],
+            local["val"], local["test"], seed=seed, epochs=config.epochs, return_all=True, return_info=True)
+        prob = prob_all[local["test"]]
+        val_metrics = binary_classification_metrics(labels[local["val"]], prob_all[local["val"]])
+        best_val = val_metrics["auc"]
+    test_labels = labels[local["test"]]
+    metrics = binary_classification_metrics(test_labels, prob)
+    return {"unit": unit, "seed": seed, "best_epoch": int(fit_info.get("best_epoch", -1)), "best_val": best_val,
+            "n_train": len(local["train"]), "n_val": len(local["val"]), "n_test": len(local["test"]),
+            "excluded_no_fmri": int(sum(len(parts[n]) - len(kept[n]) for n in order)), **metrics,
+            "roc": roc_points(test_labels, prob) if len(set(test_labels)) == 2 else None, "test_sigma": None,
+            "prep": info | {"fit": {k: v for k, v in fit_info.items() if k != "scores"}}}
+
+
+def resolve_model(config: AbideConfig) -> AbideConfig:
+    """Apply ``--model``: fMRI-only baselines use the fMRI modality and no alignment objective."""
+    if config.model not in MODELS:
+        raise ValueError(f"unknown --model {config.model!r}: expected one of {list(MODELS)}")
+    if config.model == "multimodal":
+        return config
+    if config.modalities != ["fmri"]:
+        logger.info("--model %s uses the fMRI modality only (asked: %s)", config.model, config.modalities)
+    changes: dict[str, Any] = {"modalities": ["fmri"], "objective": "none"}
+    if config.model in ENCODER_BASELINES:
+        changes["fmri_encoder"] = config.model
+    return dataclasses.replace(config, **changes)
 
 
 def unit_splits(cohort: AbideCohort, config: AbideConfig) -> list[tuple[str, int, dict[str, np.ndarray]]]:
@@ -420,6 +502,7 @@ def run_abide(config: AbideConfig) -> dict[str, Any]:
         raise ValueError(f"--modalities must be a non-empty subset of {list(ABIDE_MODALITIES)}, "
                          f"got {config.modalities}")
     config.modalities = [m for m in ABIDE_MODALITIES if m in config.modalities]
+    config = resolve_model(config)
     device = resolve_device(config.device)
     run = RunFolder(config.out)
     root, fs_dir, simulated = resolve_data(config)
@@ -446,14 +529,18 @@ def run_abide(config: AbideConfig) -> dict[str, Any]:
             logger.info("%s already finished in %s: reusing it", unit, run.path)
             results.append(run.read_done(unit))
             continue
-        result = train_unit(config, cohort, parts, seed, unit, run, device)
+        if config.model in FIT_BASELINES:
+            result = fit_baseline_unit(config, cohort, parts, seed, unit)
+        else:
+            result = train_unit(config, cohort, parts, seed, unit, run, device)
         run.mark_done(unit, result)
         results.append(result)
     summary: dict[str, Any] = {key: summarize([r[key] for r in results])
                                for key in ("auc", "accuracy", "sensitivity", "specificity")}
     summary["validation"] = {"metric": "auc", **summarize([r["best_val"] for r in results])}
     summary.update(
-        objective=config.objective, modalities=config.modalities, n_subjects=len(cohort), leaky=leaky,
+        objective=config.objective, model=config.model, modalities=config.modalities, n_subjects=len(cohort),
+        leaky=leaky,
         simulated_data=simulated, split="folds" if config.folds else "bnt", units=[
             {k: r[k] for k in ("unit", "seed", "best_epoch", "auc", "accuracy", "sensitivity", "specificity",
                                "n_train", "n_val", "n_test")} for r in results])
