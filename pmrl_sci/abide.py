@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     obj.add_argument("--no-instance-term", dest="instance_term", action="store_false",
                      help="PMRL without the instance-wise term (ablation 'w/o reg')")
     obj.add_argument("--rank", type=int, default=d.rank, help="PMRL: 2 for the sigma_1 + sigma_2 ablation")
+    obj.add_argument("--no-sign-aware", dest="sign_aware", action="store_false",
+                     help="PMRL: use the paper's sign-blind L_M (sigma_1 is the same when a modality is negated); "
+                            "by default sigma_1 is replaced by u1 . sum(z) / sqrt(k), which only full, "
+                            "same-sign alignment maximises")
     obj.add_argument("--temperature", type=float, default=d.temperature, help="GRAM/VAST: initial temperature")
     obj.add_argument("--anchor", default=d.anchor, help="GRAM/VAST anchor modality (default: the last, text)")
     obj.add_argument("--gram-volume-only", dest="gram_contrastive", action="store_false",

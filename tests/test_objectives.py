@@ -159,3 +159,30 @@ def test_classification_objective():
     out = build_objective("classification")(logits, labels)
     assert out["loss"].item() == pytest.approx(F.cross_entropy(logits, labels).item())
     assert out["accuracy"].item() == pytest.approx(2 / 3)
+
+
+def test_paper_alignment_is_sign_blind_and_sign_aware_variant_is_not():
+    """Negating a modality leaves every singular value unchanged: the paper's L_M cannot tell."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(8, 16, generator=g)
+    aligned = {"a": base, "b": base + 0.1 * torch.randn(8, 16, generator=g), "c": base.clone()}
+    flipped = dict(aligned, c=-aligned["c"])
+    paper = build_objective("pmrl", instance_term=False, tau1=0.5)
+    signed = build_objective("pmrl", instance_term=False, tau1=0.5, sign_aware=True)
+    assert paper(aligned)["loss"].item() == pytest.approx(paper(flipped)["loss"].item(), rel=1e-5)
+    assert signed(aligned)["loss"].item() == pytest.approx(paper(aligned)["loss"].item(), rel=1e-3)
+    assert signed(flipped)["loss"].item() > paper(flipped)["loss"].item() + 0.3
+
+
+def test_sign_aware_pmrl_aligns_modalities_with_positive_cosine():
+    torch.manual_seed(0)
+    params = {key: torch.nn.Parameter(value) for key, value in _embeddings(batch=16, k=3, noise=3.0, seed=3).items()}
+    objective = build_objective("pmrl", tau1=0.2, sign_aware=True)
+    optimizer = torch.optim.Adam(params.values(), lr=0.05)
+    for _ in range(150):
+        optimizer.zero_grad()
+        objective(params)["loss"].backward()
+        optimizer.step()
+    a, b, c = (F.normalize(v.detach(), dim=-1) for v in params.values())
+    for cosine in ((a * b).sum(1), (a * c).sum(1)):
+        assert cosine.min() > 0.3 and cosine.mean() > 0.6

@@ -13,15 +13,31 @@ from pmrl_sci.registry import register_objective
 from pmrl_sci.spectral import spectrum
 
 
-def pmrl_alignment_loss(sigma: torch.Tensor, present: torch.Tensor, tau1: float, rank: int = 1) -> torch.Tensor:
+def signed_leading_value(sigma: torch.Tensor, v: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """sigma_1 * (1^T v_1) / sqrt(k_i) = u_1 . (sum_m z^m) / sqrt(k_i), per instance ``[B]``.
+
+    Singular values cannot tell a modality from its negation (flipping the sign of a column of
+    Z leaves every sigma unchanged), so sigma_1 = sqrt(k) is also reached with some modalities
+    anti-parallel to the others. This value equals sigma_1 when the modalities agree in sign and
+    reaches sqrt(k) only when all embeddings are equal; anti-parallel modalities lower it.
+    """
+    n_present = present.sum(dim=1).clamp_min(1).to(sigma.dtype)
+    return sigma[:, 0] * v[:, :, 0].sum(dim=1) / n_present.sqrt()
+
+
+def pmrl_alignment_loss(sigma: torch.Tensor, present: torch.Tensor, tau1: float, rank: int = 1,
+                        leading: torch.Tensor | None = None) -> torch.Tensor:
     """L_M: cross-entropy over singular values as logits, target the leading ``rank`` values.
 
     ``-log sum_{j<rank} softmax(sigma / tau1)_j`` averaged over instances with at least two
     present modalities; ``rank=1`` is the paper's L_M, ``rank=2`` its higher-rank ablation.
     Singular values of missing modalities (exactly zero, at the end) are left out of the softmax.
+    ``leading`` replaces sigma_1 in the logits (the sign-aware variant).
     """
     n_present = present.sum(dim=1)
     k = sigma.shape[1]
+    if leading is not None:
+        sigma = torch.cat([leading.unsqueeze(1), sigma[:, 1:]], dim=1)
     valid_entry = torch.arange(k, device=sigma.device).unsqueeze(0) < n_present.unsqueeze(1)
     logits = (sigma / tau1).masked_fill(~valid_entry, float("-inf"))
     log_p = torch.log_softmax(logits, dim=1)
@@ -59,6 +75,12 @@ class PMRLObjective(nn.Module):
     rank : int
         1 for the paper's objective; 2 for the higher-rank ablation that maximises the
         softmax mass of sigma_1 and sigma_2 together.
+    sign_aware : bool
+        Replace sigma_1 in L_M by u_1 . (sum_m z^m) / sqrt(k) (see :func:`signed_leading_value`).
+        The paper's L_M (False, the default) is blind to the sign of each modality: trained
+        from scratch, a modality can align anti-parallel to the others and still give
+        sigma_1 = sqrt(k), which breaks cross-modal retrieval by cosine. With pre-trained,
+        positively correlated encoders (the paper's setting) this does not arise.
 
     Notes
     -----
@@ -69,20 +91,21 @@ class PMRLObjective(nn.Module):
     """
 
     def __init__(self, tau1: float = 0.05, tau2: float = 0.1, lambda1: float = 1.0, instance_term: bool = True,
-                 rank: int = 1) -> None:
+                 rank: int = 1, sign_aware: bool = False) -> None:
         super().__init__()
         if tau1 <= 0 or tau2 <= 0:
             raise ValueError(f"temperatures must be positive, got tau1={tau1}, tau2={tau2}")
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
         self.tau1, self.tau2, self.lambda1 = tau1, tau2, lambda1
-        self.instance_term, self.rank = instance_term, rank
+        self.instance_term, self.rank, self.sign_aware = instance_term, rank, sign_aware
 
     def forward(self, embeddings: Mapping[str, torch.Tensor], mask: MaskLike = None) -> dict[str, torch.Tensor]:
         """Loss and its parts for a ``{modality: [B, d]}`` dict."""
         _, z, present = stack_modalities(embeddings, mask)
         spec = spectrum(z)
-        alignment = pmrl_alignment_loss(spec.sigma, present, self.tau1, self.rank)
+        leading = signed_leading_value(spec.sigma, spec.v, present) if self.sign_aware else None
+        alignment = pmrl_alignment_loss(spec.sigma, present, self.tau1, self.rank, leading)
         out = {"alignment": alignment}
         loss = alignment
         if self.instance_term and self.lambda1 != 0:

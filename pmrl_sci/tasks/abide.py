@@ -74,6 +74,7 @@ class AbideConfig:
     tau2: float = 0.4
     lambda1: float = 1.0
     instance_term: bool = True
+    sign_aware: bool = True
     rank: int = 1
     temperature: float = 0.07
     anchor: str | None = None
@@ -271,7 +272,7 @@ def build_alignment(config: AbideConfig) -> nn.Module | None:
         return None
     if config.objective == "pmrl":
         return build_objective("pmrl", tau1=config.tau1, tau2=config.tau2, lambda1=config.lambda1,
-                               instance_term=config.instance_term, rank=config.rank)
+                               instance_term=config.instance_term, rank=config.rank, sign_aware=config.sign_aware)
     if config.objective == "gram":
         return build_objective("gram", anchor=config.anchor or config.modalities[-1], temperature=config.temperature,
                                contrastive=config.gram_contrastive)
