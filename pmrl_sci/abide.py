@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--no-quality-filter", dest="quality_checked", action="store_false",
                       help="keep subjects that fail nilearn's rater quality filter")
     data.add_argument("--fmri-channels", choices=list(FMRI_CHANNELS), default=d.fmri_channels,
-                      help="connectivity given to BrainNetTF: Pearson and partial correlation, or one of them")
+                      help="connectivity given to the fMRI encoder: Pearson correlation (BrainNetTF's connection "
+                           "profiles), partial correlation, or both (node features concatenated)")
     data.add_argument("--combat", choices=["train", "paper", "off"], default=d.combat,
                       help="ComBat for sMRI: fitted on training subjects (age, sex); 'paper' fits on all subjects "
                            "with diagnosis (leaky, marked in the run folder); or off")
@@ -85,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="K-fold cross-validation stratified by diagnosis and site instead of --split")
     tr.add_argument("--seeds", type=int, default=d.seeds, help="trials (reported as mean and std)")
     tr.add_argument("--seed-offset", type=int, default=d.seed_offset, help="first seed")
-    tr.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs per trial")
+    tr.add_argument("--epochs", type=int, default=d.epochs,
+                    help="maximum epochs per trial (default 100 on real data, 30 on the embedded simulated cohort)")
     tr.add_argument("--patience", type=int, default=d.patience, help="early stopping on validation AUC")
     tr.add_argument("--batch-size", type=int, default=d.batch_size)
     tr.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")

@@ -21,7 +21,7 @@ def _run(tmp_path, cache_dir, *extra):
 
 
 def test_three_modalities_end_to_end_and_resume(tmp_path, cache_dir, capsys):
-    out, results = _run(tmp_path, cache_dir, "--modalities", "fmri", "smri", "text", "--fmri-channels", "correlation")
+    out, results = _run(tmp_path, cache_dir, "--modalities", "fmri", "smri", "text", "--fmri-channels", "both")
     for key in ("auc", "accuracy", "sensitivity", "specificity"):
         assert 0.0 <= results[key]["mean"] <= 1.0 and results[key]["n"] == 1
     for name in ("config.yaml", "config.json", "data_report.json", "metrics.jsonl", "results.json", "roc.png",
@@ -34,7 +34,7 @@ def test_three_modalities_end_to_end_and_resume(tmp_path, cache_dir, capsys):
     assert report and json.loads((out / "results.json").read_text())["auc"] == results["auc"]
     done_time = (out / "done" / "seed0.json").stat().st_mtime_ns
     capsys.readouterr()
-    _, again = _run(tmp_path, cache_dir, "--modalities", "fmri", "smri", "text", "--fmri-channels", "correlation")
+    _, again = _run(tmp_path, cache_dir, "--modalities", "fmri", "smri", "text", "--fmri-channels", "both")
     assert again["auc"] == results["auc"]
     assert (out / "done" / "seed0.json").stat().st_mtime_ns == done_time  # resumed, not retrained
     assert "reusing cached preprocessed data" in capsys.readouterr().out

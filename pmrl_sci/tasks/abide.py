@@ -54,6 +54,10 @@ FMRI_CHANNELS = {"both": [0, 1], "correlation": [0], "partial": [1]}
 ENCODER_BASELINES = ("brainnettf", "vanillatf", "brainnetcnn")
 FIT_BASELINES = ("gcn", "logistic")
 MODELS = ("multimodal", *ENCODER_BASELINES, *FIT_BASELINES)
+#: default maximum epochs: BrainNetTF-style training on real data; shorter on the embedded cohort so that
+#: the default command finishes in minutes on a laptop CPU (early stopping applies to both)
+REAL_DATA_EPOCHS = 100
+EMBEDDED_EPOCHS = 30
 
 
 @dataclass
@@ -85,14 +89,14 @@ class AbideConfig:
     folds: int | None = None
     seeds: int = 1
     seed_offset: int = 0
-    epochs: int = 100
-    patience: int = 30
+    epochs: int | None = None
+    patience: int = 20
     batch_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 1e-4
     embed_dim: int = 128
     dropout: float = 0.1
-    fmri_channels: str = "both"
+    fmri_channels: str = "correlation"
     text_model: str | None = None
     combat: str = "train"
     device: str = "auto"
@@ -507,6 +511,8 @@ def run_abide(config: AbideConfig) -> dict[str, Any]:
     device = resolve_device(config.device)
     run = RunFolder(config.out)
     root, fs_dir, simulated = resolve_data(config)
+    if config.epochs is None:
+        config = dataclasses.replace(config, epochs=EMBEDDED_EPOCHS if simulated else REAL_DATA_EPOCHS)
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     cohort = load_abide_cohort(root, atlas=config.atlas, pipeline=config.pipeline, strategy=config.strategy,
                                freesurfer_dir=fs_dir, modalities=config.modalities,
