@@ -56,19 +56,19 @@ def stack_modalities(embeddings: Mapping[str, torch.Tensor], mask: MaskLike = No
             raise ValueError(f"modality {name!r} has shape {list(value.shape)}, modality {names[0]!r} has "
                              f"{list(first.shape)}: all modalities need the same [B, d]")
     present = as_mask(mask, names, first.shape[0], first.device)
-    rows = []
-    for m, name in enumerate(names):
-        value = embeddings[name]
-        keep = present[:, m]
-        finite = torch.isfinite(value).all(dim=1)
-        bad = keep & ~finite
-        if bool(bad.any()):
-            raise ValueError(f"non-finite values (NaN or inf) in the {name!r} embeddings of {int(bad.sum())} "
-                             f"instance(s), e.g. batch row {int(bad.nonzero()[0, 0])}: check that encoder's input "
-                             "and the learning rate")
-        value = torch.where(keep.unsqueeze(1), value, torch.zeros_like(value))
-        rows.append(F.normalize(value, dim=-1) if normalize else value)
-    return names, torch.stack(rows, dim=1), present
+    z = torch.stack([embeddings[name] for name in names], dim=1)  # [B, k, d]
+    bad = present & ~torch.isfinite(z).all(dim=2)
+    if bool(bad.any()):
+        m = int(bad.any(dim=0).nonzero()[0, 0])
+        rows = bad[:, m]
+        raise ValueError(f"non-finite values (NaN or inf) in the {names[m]!r} embeddings of {int(rows.sum())} "
+                         f"instance(s), e.g. batch row {int(rows.nonzero()[0, 0])}: check that encoder's input "
+                         "and the learning rate")
+    if mask is not None and not bool(present.all()):
+        z = torch.where(present.unsqueeze(2), z, torch.zeros((), dtype=z.dtype, device=z.device))
+    if normalize:
+        z = F.normalize(z, dim=-1)
+    return names, z, present
 
 
 def as_mask(mask: MaskLike, names: list[str], batch: int, device: torch.device) -> torch.Tensor:
@@ -113,3 +113,48 @@ def symmetric_cross_entropy(logits: torch.Tensor, label_smoothing: float = 0.0) 
 def zero_loss(reference: torch.Tensor) -> torch.Tensor:
     """A differentiable zero attached to ``reference``'s graph (for batches with nothing to learn)."""
     return reference.sum() * 0.0
+
+
+GatherFlag = bool | str
+
+
+def check_gather_flag(gather: GatherFlag) -> GatherFlag:
+    """Validate an objective's ``gather`` option (True, False or ``"auto"``)."""
+    if gather not in (True, False, "auto"):
+        raise ValueError(f"gather must be True, False or 'auto', got {gather!r}")
+    return gather
+
+
+def gather_active(gather: GatherFlag) -> bool:
+    """Whether to gather across ranks: ``"auto"`` and True gather when a process group of >= 2 ranks is up.
+
+    See :mod:`pmrl_sci.distributed`: a gathered objective computes the loss of the *global* batch on every rank,
+    and DDP's gradient averaging then gives exactly the single-process gradient of that loss.
+    """
+    if gather is False:
+        return False
+    from pmrl_sci.distributed import get_world_size
+
+    return get_world_size() > 1
+
+
+def gather_embeddings(embeddings: Mapping[str, torch.Tensor], mask: MaskLike = None
+                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """All-gather (with gradient) every modality's embeddings and the mask from every rank, in rank order.
+
+    The local dict is checked first (:func:`stack_modalities`), so bad input fails with the usual message. One
+    collective carries all modalities (stacked), one the mask; ranks may hold different batch sizes.
+
+    Returns
+    -------
+    embeddings : dict of str to Tensor [N, d]
+        The global batch (N = sum of the ranks' B).
+    mask : Tensor [N, k] of bool
+    """
+    from pmrl_sci.distributed import gather_no_grad, gather_sizes, gather_with_grad
+
+    names, _, present = stack_modalities(embeddings, mask)
+    stacked = torch.stack([embeddings[name] for name in names], dim=1)  # [B, k, d], raw (normalised later)
+    sizes = gather_sizes(stacked.shape[0], stacked.device)
+    gathered = gather_with_grad(stacked, sizes)
+    return ({name: gathered[:, m] for m, name in enumerate(names)}, gather_no_grad(present, sizes))

@@ -8,7 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pmrl_sci.objectives._common import LearnableTemperature, MaskLike, stack_modalities, zero_loss
+from pmrl_sci.objectives._common import (
+    GatherFlag,
+    LearnableTemperature,
+    MaskLike,
+    check_gather_flag,
+    gather_active,
+    gather_embeddings,
+    stack_modalities,
+    zero_loss,
+)
 from pmrl_sci.registry import register_objective
 
 
@@ -106,6 +115,11 @@ class GRAMObjective(nn.Module):
         Added under the square root so the gradient stays finite at zero volume.
     contrastive : bool
         False gives the "w/o reg" variant: the mean volume of matched tuples alone.
+    gather : bool or "auto"
+        Under ``torch.distributed`` (>= 2 ranks), gather every rank's embeddings with gradient and compute the
+        loss of the global batch on every rank ("auto", the default, and True; False: local batch only). The
+        gradient each rank's embeddings receive is then ``world_size`` times that of the global loss, which DDP's
+        averaging cancels (see :mod:`pmrl_sci.distributed`). Single-process results are unchanged.
 
     Notes
     -----
@@ -115,9 +129,10 @@ class GRAMObjective(nn.Module):
     """
 
     def __init__(self, anchor: str | None = None, temperature: float = 0.07, learnable_temperature: bool = True,
-                 label_smoothing: float = 0.1, eps: float = 1e-6, contrastive: bool = True) -> None:
+                 label_smoothing: float = 0.1, eps: float = 1e-6, contrastive: bool = True,
+                 gather: GatherFlag = "auto") -> None:
         super().__init__()
-        self.anchor = anchor
+        self.anchor, self.gather = anchor, check_gather_flag(gather)
         self.temperature = LearnableTemperature(temperature, learnable_temperature)
         self.label_smoothing, self.eps, self.contrastive = label_smoothing, eps, contrastive
 
@@ -138,7 +153,9 @@ class GRAMObjective(nn.Module):
         return volume, valid
 
     def forward(self, embeddings: Mapping[str, torch.Tensor], mask: MaskLike = None) -> dict[str, torch.Tensor]:
-        """Loss and its parts for a ``{modality: [B, d]}`` dict."""
+        """Loss and its parts for a ``{modality: [B, d]}`` dict (the global batch's under ``gather``)."""
+        if gather_active(self.gather):
+            embeddings, mask = gather_embeddings(embeddings, mask)
         volume, valid = self.volumes(embeddings, mask)
         matched = volume.diagonal()[valid]
         out = {"volume": matched.mean().detach() if matched.numel() else volume.new_zeros(())}

@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pmrl_sci.objectives._common import MaskLike, stack_modalities, zero_loss
+from pmrl_sci.objectives._common import (
+    GatherFlag,
+    MaskLike,
+    check_gather_flag,
+    gather_active,
+    stack_modalities,
+    zero_loss,
+)
 from pmrl_sci.registry import register_objective
 from pmrl_sci.spectral import spectrum
 
@@ -58,6 +65,28 @@ def instance_contrastive_loss(u1: torch.Tensor, valid: torch.Tensor, tau2: float
     return F.cross_entropy(logits, torch.arange(u.shape[0], device=u.device))
 
 
+def _global_batch_terms(alignment: torch.Tensor, sigma: torch.Tensor, u1: torch.Tensor, present: torch.Tensor,
+                        rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distributed PMRL parts: (L_M share, sigma_1 share, global u1, global u1 mask).
+
+    ``alignment`` is the local L_M (a mean over the local rows with >= 2 modalities); it is rescaled to
+    ``W * local_sum / global_rows`` so that the mean over ranks is the global-batch L_M. One collective carries
+    the local counts, one the u1 (with gradient) and one their mask.
+    """
+    from pmrl_sci.distributed import gather_counts, gather_no_grad, gather_with_grad, get_world_size
+
+    world = get_world_size()
+    rows = present.sum(dim=1) >= max(2, min(rank, sigma.shape[1]))
+    full = present.all(dim=1)
+    counts = gather_counts([u1.shape[0], int(rows.sum()), int(full.sum())], u1.device)  # [W, 3]
+    sizes = counts[:, 0].tolist()
+    n_rows, n_full = int(counts[:, 1].sum()), int(counts[:, 2].sum())
+    share = alignment * (world * int(rows.sum()) / n_rows) if n_rows else alignment * 0.0
+    sigma1 = sigma[full, 0].sum() * (world / n_full) if n_full else sigma.new_zeros(())
+    valid = present.any(dim=1)
+    return share, sigma1, gather_with_grad(u1, sizes), gather_no_grad(valid, sizes)
+
+
 @register_objective("pmrl")
 class PMRLObjective(nn.Module):
     """PMRL: L = L_M(tau1) + lambda1 * L_M'(tau2).
@@ -82,6 +111,13 @@ class PMRLObjective(nn.Module):
         sigma_1 = sqrt(k), which breaks cross-modal retrieval by cosine. With pre-trained,
         positively correlated encoders (the paper's setting) this does not arise.
 
+    gather : bool or "auto"
+        Under ``torch.distributed`` (>= 2 ranks; "auto", the default, and True): L_M' contrasts the u1 of
+        the global batch, gathered with gradient from every rank, and L_M (per instance, no communication)
+        becomes this rank's share ``W * sum_local / N_global`` of the global mean. Averaged over ranks (DDP
+        averages gradients; average the logged values) both give the single-process loss and gradient of
+        the global batch. False: local batch only. Single-process results are unchanged.
+
     Notes
     -----
     Missing modalities (mask False) are zero columns of Z: the singular values of
@@ -91,8 +127,9 @@ class PMRLObjective(nn.Module):
     """
 
     def __init__(self, tau1: float = 0.05, tau2: float = 0.1, lambda1: float = 1.0, instance_term: bool = True,
-                 rank: int = 1, sign_aware: bool = False) -> None:
+                 rank: int = 1, sign_aware: bool = False, gather: GatherFlag = "auto") -> None:
         super().__init__()
+        self.gather = check_gather_flag(gather)
         if tau1 <= 0 or tau2 <= 0:
             raise ValueError(f"temperatures must be positive, got tau1={tau1}, tau2={tau2}")
         if rank < 1:
@@ -106,14 +143,17 @@ class PMRLObjective(nn.Module):
         spec = spectrum(z)
         leading = signed_leading_value(spec.sigma, spec.v, present) if self.sign_aware else None
         alignment = pmrl_alignment_loss(spec.sigma, present, self.tau1, self.rank, leading)
+        u1, valid, full = spec.u1, present.any(dim=1), present.all(dim=1)
+        if gather_active(self.gather):
+            alignment, sigma1, u1, valid = _global_batch_terms(alignment, spec.sigma, u1, present, self.rank)
+        else:
+            sigma1 = spec.sigma[full, 0].mean() if bool(full.any()) else spec.sigma.new_zeros(())
         out = {"alignment": alignment}
         loss = alignment
         if self.instance_term and self.lambda1 != 0:
-            instance = instance_contrastive_loss(spec.u1, present.any(dim=1), self.tau2)
+            instance = instance_contrastive_loss(u1, valid, self.tau2)
             loss = loss + self.lambda1 * instance
             out["instance"] = instance
-        full = present.all(dim=1)
-        sigma1 = spec.sigma[full, 0].mean() if bool(full.any()) else spec.sigma.new_zeros(())
         out["sigma1"] = sigma1.detach()
         out["loss"] = loss
         return out

@@ -8,8 +8,12 @@ import torch
 from torch import nn
 
 from pmrl_sci.objectives._common import (
+    GatherFlag,
     LearnableTemperature,
     MaskLike,
+    check_gather_flag,
+    gather_active,
+    gather_embeddings,
     stack_modalities,
     symmetric_cross_entropy,
     zero_loss,
@@ -33,6 +37,10 @@ class VASTObjective(nn.Module):
         Learn the temperature.
     label_smoothing : float
         Cross-entropy label smoothing (0.1).
+    gather : bool or "auto"
+        Under ``torch.distributed`` (>= 2 ranks), gather every rank's embeddings with gradient and contrast the
+        global batch on every rank ("auto", the default, and True; False: local batch only); DDP's gradient
+        averaging then gives the single-process gradient of the global loss (see :mod:`pmrl_sci.distributed`).
 
     Notes
     -----
@@ -41,8 +49,9 @@ class VASTObjective(nn.Module):
     """
 
     def __init__(self, anchor: str | None = None, pairs: str = "anchored", temperature: float = 0.07,
-                 learnable_temperature: bool = True, label_smoothing: float = 0.1) -> None:
+                 learnable_temperature: bool = True, label_smoothing: float = 0.1, gather: GatherFlag = "auto") -> None:
         super().__init__()
+        self.gather = check_gather_flag(gather)
         if pairs not in ("anchored", "all"):
             raise ValueError(f"pairs must be 'anchored' or 'all', got {pairs!r}")
         self.anchor, self.pairs, self.label_smoothing = anchor, pairs, label_smoothing
@@ -59,7 +68,9 @@ class VASTObjective(nn.Module):
         return [(a, b) for b in range(len(names)) if b != a]
 
     def forward(self, embeddings: Mapping[str, torch.Tensor], mask: MaskLike = None) -> dict[str, torch.Tensor]:
-        """Loss and per-pair parts for a ``{modality: [B, d]}`` dict."""
+        """Loss and per-pair parts for a ``{modality: [B, d]}`` dict (the global batch's under ``gather``)."""
+        if gather_active(self.gather):
+            embeddings, mask = gather_embeddings(embeddings, mask)
         names, z, present = stack_modalities(embeddings, mask)
         scale = self.temperature()
         out: dict[str, torch.Tensor] = {}

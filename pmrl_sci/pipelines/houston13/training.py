@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pmrl_sci.distributed import DistInfo
 from pmrl_sci.encoders.base import Encoder, InputSpec
 from pmrl_sci.pipelines.houston13.patches import (
     PatchDataset,
@@ -58,6 +59,7 @@ class Houston13Config:
     tau1: float = 0.05
     tau2: float = 0.1
     lambda1: float = 1.0
+    sign_aware: bool = True
     temperature: float = 0.07
     label_smoothing: float = 0.1
     patch_size: int = 11
@@ -165,7 +167,8 @@ def build_alignment(cfg: Houston13Config) -> nn.Module:
     from pmrl_sci.objectives import build_objective
 
     if cfg.objective == "pmrl":
-        return build_objective("pmrl", tau1=cfg.tau1, tau2=cfg.tau2, lambda1=cfg.lambda1)
+        return build_objective("pmrl", tau1=cfg.tau1, tau2=cfg.tau2, lambda1=cfg.lambda1,
+                               sign_aware=cfg.sign_aware)
     return build_objective(cfg.objective, anchor="label", temperature=cfg.temperature,
                            label_smoothing=cfg.label_smoothing)
 
@@ -195,9 +198,22 @@ def predict_from_fused(fused: torch.Tensor, head_name: str, class_emb: torch.Ten
 
 @torch.no_grad()
 def predict_pixels(model: nn.Module, head: nn.Module | None, dataset: PatchDataset, heads: tuple[str, ...],
-                   label_inputs: LabelInputs, n_classes: int, device: torch.device, batch_size: int = 512
-                   ) -> dict[str, np.ndarray]:
-    """Predicted class index per sample of ``dataset`` for each head (per-patch path)."""
+                   label_inputs: LabelInputs, n_classes: int, device: torch.device, batch_size: int = 512,
+                   sharded: bool = False) -> dict[str, np.ndarray]:
+    """Predicted class index per sample of ``dataset`` for each head (per-patch path).
+
+    ``sharded``: under torch.distributed each rank predicts a contiguous part and every rank gets the whole,
+    in order (the modules must be the unwrapped ones, identical on every rank).
+    """
+    if sharded:
+        from pmrl_sci.distributed import gather_objects, shard_range
+
+        part = shard_range(len(dataset))
+        labels = None if dataset.labels is None else dataset.labels[part.start:part.stop]
+        mine = PatchDataset(dataset.hsi, dataset.lidar, dataset.rows[part.start:part.stop],
+                            dataset.cols[part.start:part.stop], labels, dataset.patch_size)
+        parts = gather_objects(predict_pixels(model, head, mine, heads, label_inputs, n_classes, device, batch_size))
+        return {name: np.concatenate([p[name] for p in parts]) for name in heads}
     model.eval()
     if head is not None:
         head.eval()
@@ -256,6 +272,7 @@ class SeedResult:
     best_epoch: dict[str, int]
     train_seconds: float
     states: dict[str, dict[str, Any]]
+    best_val: dict[str, float]
 
 
 def _lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
@@ -272,12 +289,27 @@ def _lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
 
 def train_one_seed(cfg: Houston13Config, seed: int, hsi: np.ndarray, lidar: np.ndarray, scene: Houston13Scene,
                    label_inputs: LabelInputs, text_dim: int | None, device: torch.device,
-                   log: Callable[[dict[str, Any]], None]) -> SeedResult:
-    """Train on the training pixels (a stratified part held out for validation) and test once at the end."""
-    from sklearn.metrics import accuracy_score
+                   log: Callable[[dict[str, Any]], None], dist_info: DistInfo | None = None) -> SeedResult:
+    """Train on the training pixels (a stratified part held out for validation) and test once at the end.
 
+    Under torchrun (``dist_info.distributed``): the model and the MLP head are wrapped in DDP, each rank trains on
+    its share of every global batch of ``cfg.batch_size`` (:class:`pmrl_sci.distributed.GlobalBatchSampler`), the
+    objective gathers across ranks and the cross-entropy is the rank's share of the global mean, so gradients equal
+    one process's on the same global batch; evaluation is sharded and gathered, logged losses are averaged.
+    """
+    from sklearn.metrics import accuracy_score
+    from torch.utils.data import DataLoader
+
+    from pmrl_sci.distributed import (
+        GlobalBatchSampler,
+        all_reduce_dict_mean,
+        average_gradients,
+        broadcast_buffers,
+        global_mean_share,
+        wrap_ddp,
+    )
     from pmrl_sci.metrics import multiclass_metrics
-    from pmrl_sci.training import EarlyStopping, progress, seed_everything
+    from pmrl_sci.training import EarlyStopping, progress, report_epoch, seed_everything
 
     seed_everything(seed)
     n_classes = scene.n_classes
@@ -289,10 +321,14 @@ def train_one_seed(cfg: Houston13Config, seed: int, hsi: np.ndarray, lidar: np.n
     objective = build_alignment(cfg)
     model, objective = model.to(device), objective.to(device)
     head = head.to(device) if head is not None else None
+    distributed = dist_info is not None and dist_info.distributed
+    train_model = wrap_ddp(model, dist_info) if distributed else model  # the DDP wrapper trains; `model` evaluates
+    train_head = wrap_ddp(head, dist_info) if distributed and head is not None else head
     parameters = [p for m in (model, objective, head) if m is not None for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(fit_set) / cfg.batch_size)
+    sampler = GlobalBatchSampler(len(fit_set), cfg.batch_size, seed=seed) if distributed else None
+    steps_per_epoch = len(sampler) if sampler is not None else math.ceil(len(fit_set) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch,
                                                                         cfg.warmup_ratio))
     stoppers = {name: EarlyStopping(patience=cfg.patience, mode="max") for name in cfg.heads}
@@ -300,19 +336,29 @@ def train_one_seed(cfg: Houston13Config, seed: int, hsi: np.ndarray, lidar: np.n
     start = time.perf_counter()
     bar = progress(range(cfg.epochs), desc=f"seed {seed}", disable=not cfg.progress)
     for epoch in bar:
-        model.train()
-        if head is not None:
-            head.train()
+        train_model.train()
+        if train_head is not None:
+            train_head.train()
         totals: dict[str, float] = {}
-        for batch in patch_loader(fit_set, cfg.batch_size, shuffle=True, generator=generator):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            loader: Any = DataLoader(fit_set, sampler=sampler, batch_size=None)
+            global_sizes = sampler.global_batch_sizes()
+        else:
+            loader = patch_loader(fit_set, cfg.batch_size, shuffle=True, generator=generator)
+        for step, batch in enumerate(loader):
             target = batch["target"].to(device)
-            embeddings = model({"hsi": batch["hsi"].to(device), "lidar": batch["lidar"].to(device),
-                                "label": label_inputs(target)})
+            embeddings = train_model({"hsi": batch["hsi"].to(device), "lidar": batch["lidar"].to(device),
+                                      "label": label_inputs(target)})
             parts = objective(embeddings)
             loss = parts["loss"]
             record = {"align": float(loss.detach())}
-            if head is not None:
-                ce = F.cross_entropy(head(fused_embedding(embeddings)), target)
+            if train_head is not None:
+                if distributed:  # this rank's share of the global-batch mean
+                    ce = global_mean_share(F.cross_entropy(train_head(fused_embedding(embeddings)), target,
+                                                           reduction="none"), count=global_sizes[step])
+                else:
+                    ce = F.cross_entropy(train_head(fused_embedding(embeddings)), target)
                 loss = loss + cfg.ce_weight * ce
                 record["ce"] = float(ce.detach())
             if not torch.isfinite(loss):
@@ -320,19 +366,28 @@ def train_one_seed(cfg: Houston13Config, seed: int, hsi: np.ndarray, lidar: np.n
                                          "lower --lr or check the inputs")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if distributed:
+                average_gradients(objective)  # e.g. the learnable temperature (outside DDP)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(parameters, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             record["loss"] = float(loss.detach())
+            weight = global_sizes[step] if distributed else len(target)
             for key, value in record.items():
-                totals[key] = totals.get(key, 0.0) + value * len(target)
+                totals[key] = totals.get(key, 0.0) + value * weight
+        if distributed:  # each rank's values are its shares: their mean over ranks is the global value
+            totals = all_reduce_dict_mean(totals)
         epoch_record: dict[str, Any] = {"seed": seed, "epoch": epoch,
                                         **{k: v / len(fit_set) for k, v in totals.items()},
                                         "lr": scheduler.get_last_lr()[0]}
         eval_set = val_set if len(val_set) else fit_set
+        if distributed:  # rank 0's BatchNorm statistics everywhere, so every shard sees the same model
+            broadcast_buffers(model)
+            if head is not None:
+                broadcast_buffers(head)
         predictions = predict_pixels(model, head, eval_set, cfg.heads, label_inputs, n_classes, device,
-                                     cfg.eval_batch_size)
+                                     cfg.eval_batch_size, sharded=distributed)
         for name in cfg.heads:
             score = float(accuracy_score(eval_set.labels, predictions[name]))
             epoch_record[f"val_oa_{name}"] = score
@@ -343,6 +398,8 @@ def train_one_seed(cfg: Houston13Config, seed: int, hsi: np.ndarray, lidar: np.n
                 }
         epoch_record["time_s"] = time.perf_counter() - start
         log(epoch_record)
+        report_epoch(f"seed{seed}", epoch, {"val_oa": epoch_record[f"val_oa_{cfg.primary_head}"],
+                                            **{f"val_oa_{n}": epoch_record[f"val_oa_{n}"] for n in cfg.heads}})
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{epoch_record['loss']:.3f}",
                             **{f"val_{n}": f"{epoch_record[f'val_oa_{n}']:.3f}" for n in cfg.heads})
@@ -358,15 +415,21 @@ def train_one_seed(cfg: Houston13Config, seed: int, hsi: np.ndarray, lidar: np.n
         if head is not None:
             head.load_state_dict(best_states[name]["head"])
         pred = predict_pixels(model, head, test_set, (name,), label_inputs, n_classes, device,
-                              cfg.eval_batch_size)[name]
+                              cfg.eval_batch_size, sharded=distributed)[name]
         metrics[name] = multiclass_metrics(y_t, pred, scene.class_names)
-    return SeedResult(seed, metrics, {n: s.best_epoch for n, s in stoppers.items()}, train_seconds, best_states)
+    return SeedResult(seed, metrics, {n: s.best_epoch for n, s in stoppers.items()}, train_seconds, best_states,
+                      {n: float(s.best) for n, s in stoppers.items()})
 
 
-def prepare_scene(cfg: Houston13Config, run_path: Path) -> tuple[Houston13Scene, str]:
-    """Load ``cfg.data_dir``, or write the embedded synthetic scene under ``run_path / "data"`` and load it."""
+def prepare_scene(cfg: Houston13Config, run_path: Path, write: bool = True) -> tuple[Houston13Scene, str]:
+    """Load ``cfg.data_dir``, or write the embedded synthetic scene under ``run_path / "data"`` and load it.
+
+    ``write=False`` loads a synthetic scene another rank already wrote there.
+    """
     if cfg.data_dir:
         return load_houston13(cfg.data_dir), "houston13"
+    if not write:
+        return load_houston13(run_path / "data"), "synthetic"
     synthetic = SyntheticSceneConfig(rows=cfg.synthetic_rows, cols=cfg.synthetic_cols, seed=cfg.synthetic_seed)
     files = write_synthetic_houston13(run_path / "data", synthetic)
     return load_houston13(files=files), "synthetic"
@@ -381,18 +444,33 @@ def text_label_table(cfg: Houston13Config, class_names: list[str], cache_dir: Pa
 
 
 def run_houston13(cfg: Houston13Config) -> dict[str, Any]:
-    """Run every seed, write the run folder and return the results (see ``results.json``)."""
-    from pmrl_sci.pipelines.houston13.plots import plot_classification_map, plot_confusion
-    from pmrl_sci.runs import RunFolder, default_run_dir, summarize
-    from pmrl_sci.training import progress, resolve_device
+    """Run every seed, write the run folder and return the results (see ``results.json``).
+
+    Under ``torchrun --nproc-per-node N -m pmrl_sci.houston13 ...`` every rank runs this; rank 0 alone writes
+    (config, metrics, checkpoints, plots, results) and draws the classification map.
+    """
+    from pmrl_sci.distributed import distributed_context
+    from pmrl_sci.training import resolve_device
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    run = RunFolder(cfg.out or default_run_dir("houston13"))
+    with distributed_context(device=resolve_device(cfg.device)) as dist_info:
+        return _run_houston13(cfg, dist_info)
+
+
+def _run_houston13(cfg: Houston13Config, dist_info: DistInfo) -> dict[str, Any]:
+    from pmrl_sci.distributed import gather_objects, main_process_first
+    from pmrl_sci.pipelines.houston13.plots import plot_classification_map, plot_confusion
+    from pmrl_sci.runs import RunFolder, default_run_dir, summarize
+    from pmrl_sci.training import progress
+
+    device = dist_info.device
+    run_dir = str(cfg.out or default_run_dir("houston13"))
+    run = RunFolder(gather_objects(run_dir)[0] if dist_info.distributed else run_dir)  # rank 0's folder
     config = asdict(cfg)
     config["out"] = str(run.path)
-    scene, source = prepare_scene(cfg, run.path)
+    with main_process_first():
+        scene, source = prepare_scene(cfg, run.path, write=dist_info.is_main)
     config["dataset"] = {"source": source, "shape": list(scene.shape), "bands": int(scene.hsi.shape[0]),
                          "class_names": scene.class_names, "n_train": int((scene.train_labels > 0).sum()),
                          "n_test": int((scene.test_labels > 0).sum()),
@@ -403,14 +481,16 @@ def run_houston13(cfg: Houston13Config) -> dict[str, Any]:
     hsi, lidar = standardize_scene(scene, stats)
     text_table = None
     if cfg.label_embedding == "text":
-        text_table = text_label_table(cfg, scene.class_names, run.path / "cache").to(device)
+        with main_process_first():  # rank 0 fills the cache, the others read it
+            text_table = text_label_table(cfg, scene.class_names, run.path / "cache").to(device)
     label_inputs = LabelInputs(text_table)
     text_dim = None if text_table is None else int(text_table.shape[1])
 
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     seed_results = []
     for seed in seeds:
-        result = train_one_seed(cfg, seed, hsi, lidar, scene, label_inputs, text_dim, device, run.log_metrics)
+        result = train_one_seed(cfg, seed, hsi, lidar, scene, label_inputs, text_dim, device, run.log_metrics,
+                                dist_info)
         run.save_checkpoint(f"seed{seed}.pt", {"seed": seed, "states": result.states,
                                                "best_epoch": result.best_epoch})
         seed_results.append(result)
@@ -431,12 +511,18 @@ def run_houston13(cfg: Houston13Config) -> dict[str, Any]:
         "primary_head": primary, "seeds": seeds,
         "oa": heads[primary]["oa"], "aa": heads[primary]["aa"], "kappa": heads[primary]["kappa"],
         "per_class": heads[primary]["per_class"], "heads": heads,
+        "validation": {"metric": "oa", "head": primary, **summarize(r.best_val[primary] for r in seed_results)},
         "per_seed": [{"seed": r.seed, "best_epoch": r.best_epoch, "train_seconds": r.train_seconds,
                       **{n: {k: r.metrics[n][k] for k in ("oa", "aa", "kappa", "per_class")} for n in cfg.heads}}
                      for r in seed_results],
         "n_train": config["dataset"]["n_train"], "n_test": config["dataset"]["n_test"],
         "class_names": scene.class_names,
+        "distributed": {"world_size": dist_info.world_size, "backend": dist_info.backend,
+                        "global_batch_size": cfg.batch_size},
     }
+    if not dist_info.is_main:  # the map and the files are rank 0's
+        results["run_dir"] = str(run.path)
+        return results
 
     plot_confusion(run, np.asarray(heads[primary]["confusion"]), scene.class_names,
                    f"Houston 2013 ({source}), {cfg.objective}, {primary} head, {len(seeds)} seed(s)")
