@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pmrl_sci.config import parse_args_with_config
-from pmrl_sci.runs import default_run_dir
+from pmrl_sci.runs import default_run_dir, is_rank_zero
 from pmrl_sci.tasks.abide import ABIDE_MODALITIES, FMRI_CHANNELS, MODELS, AbideConfig, run_abide
 
 
@@ -120,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except (FileNotFoundError, ValueError) as exc:
         parser.exit(2, f"error: {exc}\n")
     auc, acc = results["auc"], results["accuracy"]
+    if not is_rank_zero():
+        return results
     label = results["objective"] if results["model"] == "multimodal" else results["model"]
     print(f"[pmrl_sci.abide] {label} on {'+'.join(results['modalities'])}: "
           f"AUC {auc['mean']:.3f} ± {auc['std']:.3f}, accuracy {acc['mean']:.3f} ± {acc['std']:.3f} "

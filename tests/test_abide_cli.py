@@ -67,3 +67,29 @@ def test_bad_command_lines(tmp_path, cache_dir, capsys):
     with pytest.raises(SystemExit):
         main(["-c", str(bad)])
     assert "did you mean epochs" in capsys.readouterr().err
+
+
+def test_abide_under_torchrun_two_cpu_ranks(tmp_path, cache_dir):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(port), "-m", "pmrl_sci.abide", *TINY, "--modalities", "fmri", "smri", "text",
+               "--objective", "gram", "--device", "cpu", "--cache-dir", str(cache_dir), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["distributed"]["world_size"] == 2 and 0.0 <= results["auc"]["mean"] <= 1.0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]  # written by rank 0 alone
+    assert done.stdout.count("[pmrl_sci.abide] gram") == 1
+    assert (out / "roc.png").is_file() and (out / "done" / "seed0.json").is_file()

@@ -22,7 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from pmrl_sci.pipelines.abide.cohort import AbideCohort, load_abide_cohort
 from pmrl_sci.registry import build_encoder
 from pmrl_sci.runs import RunFolder, summarize
 from pmrl_sci.spectral import spectrum
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pmrl_sci.distributed import DistInfo
 from pmrl_sci.training import (
     EarlyStopping,
     MultimodalModel,
@@ -325,16 +328,41 @@ def evaluate(model: AbideModel, loader: DataLoader, device: torch.device) -> dic
 
 
 def train_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.ndarray], seed: int, unit: str,
-               run: RunFolder, device: torch.device) -> dict[str, Any]:
-    """Train on one split and return its test metrics (selected on validation AUC)."""
+               run: RunFolder, device: torch.device, dist_info: DistInfo | None = None) -> dict[str, Any]:
+    """Train on one split and return its test metrics (selected on validation AUC).
+
+    Under torchrun (``dist_info.distributed``) the model is wrapped in DDP and each rank trains on its share of
+    every global batch of ``--batch-size`` subjects (no padded duplicates); the cross-entropy is a share of the
+    global-batch mean and the alignment objectives gather embeddings across ranks, so the gradients equal those
+    of one process on the same global batch. Every rank evaluates the (identical) model on the whole validation
+    and test sets, so early stopping agrees across ranks.
+    """
+    from pmrl_sci.distributed import (
+        GlobalBatchSampler,
+        all_reduce_dict_mean,
+        average_gradients,
+        broadcast_buffers,
+        global_mean_share,
+        wrap_ddp,
+    )
+
+    distributed = dist_info is not None and dist_info.distributed
     seed_everything(seed)
     arrays, info = prepare_split_arrays(cohort, config, parts["train"], parts, seed)
-    generator = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(CohortDataset(arrays["train"]), batch_size=config.batch_size, shuffle=True,
-                              generator=generator, drop_last=len(arrays["train"].labels) > config.batch_size)
+    train_set = CohortDataset(arrays["train"])
+    drop_last = len(train_set) > config.batch_size
+    sampler = GlobalBatchSampler(len(train_set), config.batch_size, seed=seed, drop_last=drop_last) \
+        if distributed else None
+    if sampler is not None:
+        train_loader = DataLoader(train_set, batch_sampler=sampler)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
+                                  drop_last=drop_last)
     val_loader = DataLoader(CohortDataset(arrays["val"]), batch_size=64)
     test_loader = DataLoader(CohortDataset(arrays["test"]), batch_size=64)
     model = build_abide_model(config, cohort).to(device)
+    train_model = wrap_ddp(model, dist_info) if distributed else model  # DDP trains; `model` evaluates
     alignment = build_alignment(config)
     if alignment is not None:
         alignment = alignment.to(device)
@@ -345,15 +373,22 @@ def train_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.
     best_state = copy.deepcopy(model.state_dict())
     bar = progress(range(config.epochs), desc=f"train {unit}", disable=not config.progress, leave=False)
     for epoch in bar:
-        model.train()
+        train_model.train()
         if alignment is not None:
             alignment.train()
         sums: dict[str, float] = {}
         steps = 0
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            global_sizes = sampler.global_batch_sizes()
         for inputs, mask, y in train_loader:
             inputs, mask, y = _to(inputs, device), _to(mask, device), y.to(device)
-            logits, embeddings = model(inputs, mask)
-            ce = nn.functional.cross_entropy(logits, y)
+            logits, embeddings = train_model(inputs, mask)
+            if distributed:
+                ce = global_mean_share(nn.functional.cross_entropy(logits, y, reduction="none"),
+                                       count=global_sizes[steps])
+            else:
+                ce = nn.functional.cross_entropy(logits, y)
             loss = config.classification_weight * ce
             parts_out = {"ce": ce.detach()}
             if alignment is not None:
@@ -362,11 +397,16 @@ def train_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.
                 parts_out.update({f"align_{k}": v.detach() for k, v in aligned.items()})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if distributed and alignment is not None:
+                average_gradients(alignment)  # e.g. GRAM's and VAST's learnable temperature (outside DDP)
             optimizer.step()
             parts_out["loss"] = loss.detach()
             for key, value in parts_out.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             steps += 1
+        if distributed:
+            sums = all_reduce_dict_mean(sums)  # per-rank shares -> global-batch values
+            broadcast_buffers(model)
         val = evaluate(model, val_loader, device)
         val_metrics = binary_classification_metrics(val["label"], val["prob"])
         improved = stopper.step(val_metrics["auc"] if np.isfinite(val_metrics["auc"]) else val_metrics["accuracy"],
@@ -499,7 +539,19 @@ def resolve_data(config: AbideConfig) -> tuple[Path, Path | None, bool]:
 
 
 def run_abide(config: AbideConfig) -> dict[str, Any]:
-    """Run every trial/fold of ``config`` and return the aggregated results (also in results.json)."""
+    """Run every trial/fold of ``config`` and return the aggregated results (also in results.json).
+
+    Under ``torchrun`` each process joins the process group (gloo on CPU, nccl on CUDA); rank 0 prepares the
+    data cache first, writes the run folder and draws the plots.
+    """
+    from pmrl_sci.distributed import distributed_context
+
+    with distributed_context(device=resolve_device(config.device)) as dist_info:
+        return _run_abide(config, dist_info)
+
+
+def _run_abide(config: AbideConfig, dist_info: DistInfo) -> dict[str, Any]:
+    from pmrl_sci.distributed import gather_objects, main_process_first
     from pmrl_sci.plots import plot_roc_curves, plot_singular_values
 
     bad = [m for m in config.modalities if m not in ABIDE_MODALITIES]
@@ -508,17 +560,20 @@ def run_abide(config: AbideConfig) -> dict[str, Any]:
                          f"got {config.modalities}")
     config.modalities = [m for m in ABIDE_MODALITIES if m in config.modalities]
     config = resolve_model(config)
-    device = resolve_device(config.device)
-    run = RunFolder(config.out)
-    root, fs_dir, simulated = resolve_data(config)
+    device = dist_info.device
+    run = RunFolder(gather_objects(str(config.out))[0] if dist_info.distributed else config.out)  # rank 0's
+    with main_process_first():  # rank 0 generates and caches; the others then read the cache
+        root, fs_dir, simulated = resolve_data(config)
     if config.epochs is None:
         config = dataclasses.replace(config, epochs=EMBEDDED_EPOCHS if simulated else REAL_DATA_EPOCHS)
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    cohort = load_abide_cohort(root, atlas=config.atlas, pipeline=config.pipeline, strategy=config.strategy,
-                               freesurfer_dir=fs_dir, modalities=config.modalities,
-                               quality_checked=config.quality_checked, text_model=config.text_model,
-                               cache_dir=cache / "abide_preprocessed", progress=config.progress)
-    if cohort.report.get("cache") == "hit":
+    with main_process_first():
+        cohort = load_abide_cohort(root, atlas=config.atlas, pipeline=config.pipeline, strategy=config.strategy,
+                                   freesurfer_dir=fs_dir, modalities=config.modalities,
+                                   quality_checked=config.quality_checked, text_model=config.text_model,
+                                   cache_dir=cache / "abide_preprocessed",
+                                   progress=config.progress and dist_info.is_main)
+    if cohort.report.get("cache") == "hit" and dist_info.is_main:
         logger.info("preprocessed cohort read from the cache (%s)", cache / "abide_preprocessed")
         print(f"[pmrl_sci.abide] reusing cached preprocessed data from {cache / 'abide_preprocessed'}")
     resolved = dataclasses.asdict(config) | {"data_root": str(root), "freesurfer_resolved": str(fs_dir),
@@ -539,7 +594,7 @@ def run_abide(config: AbideConfig) -> dict[str, Any]:
         if config.model in FIT_BASELINES:
             result = fit_baseline_unit(config, cohort, parts, seed, unit)
         else:
-            result = train_unit(config, cohort, parts, seed, unit, run, device)
+            result = train_unit(config, cohort, parts, seed, unit, run, device, dist_info)
         run.mark_done(unit, result)
         results.append(result)
     summary: dict[str, Any] = {key: summarize([r[key] for r in results])
@@ -551,7 +606,10 @@ def run_abide(config: AbideConfig) -> dict[str, Any]:
         simulated_data=simulated, split="folds" if config.folds else "bnt", units=[
             {k: r[k] for k in ("unit", "seed", "best_epoch", "auc", "accuracy", "sensitivity", "specificity",
                                "n_train", "n_val", "n_test")} for r in results])
+    summary["distributed"] = {"world_size": dist_info.world_size, "backend": dist_info.backend}
     run.write_results(summary)
+    if not dist_info.is_main:
+        return summary
     plot_roc_curves(run, [(r["unit"], r.get("roc")) for r in results])
     plot_singular_values(run, run.read_metrics())
     return summary
