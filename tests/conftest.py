@@ -1,0 +1,96 @@
+"""Shared fixtures: a throw-away PostgreSQL server for the sweep tests (skipped, with the reason, when unavailable)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _postgres_bin_dir() -> Path | None:
+    """Folder holding initdb, pg_ctl and createdb: PATH first, then Debian's /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(os.path.realpath(found)).parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                        key=lambda p: [int(x) if x.isdigit() else 0 for x in Path(p).parent.parent.name.split(".")])
+    for initdb in reversed(candidates):
+        folder = Path(initdb).parent
+        if (folder / "pg_ctl").is_file():
+            return folder
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a database on a PostgreSQL server started for this test session (127.0.0.1, free port).
+
+    The cluster lives in a temporary folder and is stopped and removed afterwards. As root, initdb refuses to
+    run, so the server runs as the unprivileged ``postgres`` user when it exists; otherwise the tests skip.
+    """
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg2 is not installed (pip install 'pmrl-sci[postgres]'): PostgreSQL storage not tested")
+    bin_dir = _postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found: no initdb/pg_ctl in PATH or /usr/lib/postgresql/*/bin "
+                    "(Debian: apt-get install postgresql)")
+    prefix: list[str] = []
+    owner = None
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("PostgreSQL server binaries found but running as root and no unprivileged 'postgres' user "
+                        "exists: initdb refuses to run as root")
+        runuser = shutil.which("runuser")
+        prefix = [runuser, "-u", "postgres", "--"] if runuser else None
+        if prefix is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as the 'postgres' user")
+    root = Path(tempfile.mkdtemp(prefix="pmrl-sci-pg-"))
+    data, sockets, log = root / "data", root / "sockets", root / "server.log"
+    sockets.mkdir()
+    if owner is not None:
+        for path in (root, sockets):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+    port = _free_port()
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=120, cwd=root)
+
+    started = False
+    try:
+        init = run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                   "--no-sync")
+        if init.returncode != 0:
+            pytest.skip(f"PostgreSQL initdb failed ({bin_dir}): {init.stderr.strip()[-500:]}")
+        options = f"-h 127.0.0.1 -p {port} -k {sockets} -c fsync=off -c max_connections=50"
+        start = run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60",
+                    "start")
+        if start.returncode != 0:
+            text = log.read_text() if log.is_file() else ""
+            pytest.skip(f"PostgreSQL server did not start: {start.stderr.strip()[-300:]} {text[-300:]}")
+        started = True
+        create = run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "sweeps")
+        if create.returncode != 0:
+            pytest.fail(f"createdb failed on the test PostgreSQL server: {create.stderr.strip()}")
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/sweeps"
+    finally:
+        if started:
+            run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,298 @@
+"""Optuna sweeps (``python -m pmrl_sci.sweep``): spaces, in-process studies, pruning, failures, parallel workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from pmrl_sci.sweep import (
+    SweepConfig,
+    SweepError,
+    describe_storage,
+    fail_dead_local_trials,
+    main,
+    make_storage,
+    prepare,
+    validation_value,
+)
+from pmrl_sci.sweep_spaces import SpaceError, load_space, options_to_argv
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _abide_args(cache: Path, epochs: int = 2) -> list[str]:
+    return ["--default-subjects", "36", "--default-sites", "2", "--atlas", "tt", "--epochs", str(epochs),
+            "--patience", "100", "--batch-size", "8", "--modalities", "smri", "text", "--cache-dir", str(cache)]
+
+
+@pytest.fixture(scope="module")
+def abide_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache holding the tiny generated cohort, built once (parallel workers must not race to build it)."""
+    from pmrl_sci.abide import main as abide_main
+
+    cache = tmp_path_factory.mktemp("abide-cache")
+    abide_main([*_abide_args(cache, epochs=1), "--embed-dim", "16", "--no-progress",
+                "--out", str(tmp_path_factory.mktemp("warm"))])
+    return cache
+
+
+def _load(out: Path, storage: str | None = None, name: str = "abide") -> optuna.Study:
+    cfg = SweepConfig(front_end="abide", out=out, storage=storage, study_name=name)
+    return optuna.load_study(study_name=name, storage=make_storage(cfg))
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _worker(args: list[str], log: Path) -> subprocess.Popen:
+    handle = log.open("w")
+    return subprocess.Popen([sys.executable, "-m", "pmrl_sci.sweep", *args], cwd=REPO, env=_env(),
+                            stdout=handle, stderr=subprocess.STDOUT)
+
+
+# -- search spaces -------------------------------------------------------------------------------------------------
+def test_space_file_merges_onto_defaults_and_conditions(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text("fixed:\n  epochs: 3\n  lr: 0.001\n"
+                    "params:\n  dropout: null\n  embed-dim: {type: categorical, choices: [16, 32]}\n"
+                    "  weight_decay: {type: float, low: 1.0e-6, high: 1.0e-2, log: true}\n")
+    space = load_space(path, "abide")
+    assert "dropout" not in space.params and "lr" not in space.params  # removed; fixed
+    assert space.params["embed_dim"].choices == (16, 32) and space.params["weight_decay"].log
+    assert space.fixed == {"epochs": 3, "lr": 0.001}
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    pmrl = space.sample(study.ask(), {"objective": "pmrl"})
+    gram = space.sample(study.ask(), {"objective": "gram"})
+    assert {"tau1", "tau2", "lambda1"} <= set(pmrl) and "temperature" not in pmrl
+    assert "temperature" in gram and "tau1" not in gram
+    assert 0.01 <= gram["temperature"] <= 0.5 and pmrl["embed_dim"] in (16, 32)
+    empty = tmp_path / "only.yaml"
+    empty.write_text("inherit: false\nparams:\n  lr: {low: 1.0e-4, high: 1.0e-3, log: true}\n")
+    assert list(load_space(empty, "houston13").params) == ["lr"]
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("params:\n  lr: {type: float, low: 0.1, high: 0.01}\n", r"params\.lr: 'low' must be <= 'high'"),
+    ("params:\n  lr: {type: float, low: 0, high: 1, log: true}\n", r"params\.lr: a log-scale parameter needs"),
+    ("params:\n  lr: {type: floaty, low: 0, high: 1}\n", r"params\.lr: 'type' must be one of"),
+    ("params:\n  lr: {low: 0.1, high: 1, lg: true}\n", r"params\.lr: unknown key\(s\) \['lg'\]"),
+    ("params:\n  size: {type: categorical}\n", r"params\.size: a categorical parameter needs"),
+    ("parameters: {}\n", r"unknown top-level key\(s\) \['parameters'\]"),
+    ("- a\n- b\n", r"expected a mapping"),
+    ("params: [\n", r"not valid YAML"),
+])
+def test_bad_space_files_name_the_file_and_field(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError, match=match) as info:
+        load_space(path, "abide")
+    assert str(path) in str(info.value)
+
+
+def test_options_to_argv_flags_lists_and_unknown_options() -> None:
+    from pmrl_sci.abide import build_parser
+
+    parser = build_parser()
+    argv = options_to_argv({"progress": False, "quality_checked": True, "modalities": ["smri", "text"],
+                            "lr": 0.001, "data-dir": None}, parser, "here")
+    assert argv == ["--no-progress", "--modalities", "smri", "text", "--lr", "0.001"]
+    with pytest.raises(SpaceError, match=r"here: 'embed_dims' is not an option .*did you mean embed_dim"):
+        options_to_argv({"embed_dims": 16}, parser, "here")
+    with pytest.raises(SpaceError, match="is a flag"):
+        options_to_argv({"progress": "no"}, parser, "here")
+
+
+def test_storage_specifications(tmp_path: Path) -> None:
+    assert describe_storage(None, tmp_path) == ("rdb", f"sqlite:///{(tmp_path / 'study.db').resolve()}")
+    assert describe_storage("journal:///tmp/x/s.log", tmp_path) == ("journal", "/tmp/x/s.log")
+    assert describe_storage("runs/s.log", tmp_path) == ("journal", "runs/s.log")
+    assert describe_storage("postgresql://u@h:5432/db", tmp_path) == ("rdb", "postgresql://u@h:5432/db")
+    with pytest.raises(SweepError, match="expected journal"):
+        describe_storage("study.db", tmp_path)
+
+
+def test_front_end_options_are_checked_before_the_study(tmp_path: Path) -> None:
+    space = tmp_path / "h.yaml"
+    space.write_text("params:\n  dropout: {type: float, low: 0.0, high: 0.5}\n")
+    with pytest.raises(SweepError, match=r"h\.yaml: searched parameter\(s\) \['dropout'\] are not options"):
+        prepare(SweepConfig(front_end="houston13", out=tmp_path, space=space))
+    with pytest.raises(SweepError, match="rejects the trial options"):
+        prepare(SweepConfig(front_end="abide", out=tmp_path, extra=["--epochs", "many"]))
+    with pytest.raises(SweepError, match="set by the sweep"):
+        prepare(SweepConfig(front_end="abide", out=tmp_path, extra=["--out", "x"]))
+    with pytest.raises(SystemExit):
+        main(["abide", "--pruner", "threshold", "--out", str(tmp_path)])  # needs --prune-below
+
+
+def test_validation_value_never_falls_back_to_test_metrics() -> None:
+    with pytest.raises(KeyError, match="validation"):
+        validation_value({"auc": {"mean": 0.9}}, "retrieval")
+    assert validation_value({"validation": {"metric": "oa", "mean": 0.5, "std": 0.0, "n": 1, "values": [0.5]}},
+                            "houston13") == (0.5, {"metric": "oa", "mean": 0.5, "std": 0.0, "n": 1})
+
+
+# -- in-process studies --------------------------------------------------------------------------------------------
+def test_sweep_in_process_best_json_resume_and_seed(tmp_path: Path, abide_cache: Path) -> None:
+    out = tmp_path / "sweep"
+    args = ["abide", "--out", str(out), "--seed", "3", "--startup-trials", "2", "--pruner", "none",
+            "--", *_abide_args(abide_cache), "--embed-dim", "16"]
+    best = main(["--n-trials", "3", *args])
+    study = _load(out)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    for t in trials:
+        run_dir = Path(t.user_attrs["run_dir"])
+        assert run_dir == (out / "trials" / "abide" / f"trial-{t.number:04d}").resolve()
+        assert t.user_attrs["seed"] == 0 and t.user_attrs["worker"]["pid"] == os.getpid()
+        results = json.loads((run_dir / "results.json").read_text())
+        assert t.value == pytest.approx(results["validation"]["mean"])  # the validation score, not the test AUC
+        assert t.user_attrs["validation"]["metric"] == "auc"
+        assert {"tau1", "tau2", "lambda1", "lr", "dropout"} == set(t.params)  # embed_dim fixed after --
+        config = (run_dir / "config.yaml").read_text()
+        assert f"lr: {t.params['lr']}" in config and "embed_dim: 16" in config
+        assert len(t.intermediate_values) == 2  # one report per epoch
+    saved = json.loads((out / "best.json").read_text())
+    assert saved == json.loads(json.dumps(best))
+    assert saved["best_trial"] == study.best_trial.number and saved["validation"]["value"] == study.best_value
+    best_results = json.loads((Path(saved["run_dir"]) / "results.json").read_text())
+    assert saved["test"]["auc"] == best_results["auc"] and saved["counts"] == {"COMPLETE": 3}
+
+    main(["--n-trials", "4", *args])  # resumes the same study up to 4 finished trials
+    again = _load(out).get_trials()
+    assert len(again) == 4 and [t.params for t in again[:3]] == [t.params for t in trials]
+
+    other = tmp_path / "same-seed"
+    main(["--n-trials", "3", *args[:2], str(other), *args[3:]])  # same seed, new study: same parameters
+    assert [t.params for t in _load(other).get_trials()] == [t.params for t in trials]
+
+
+def test_houston13_trial_reports_epochs_and_validation(tmp_path: Path) -> None:
+    out = tmp_path / "h"
+    best = main(["houston13", "--out", str(out), "--n-trials", "1", "--pruner", "none", "--", "--synthetic-rows",
+                 "24", "--synthetic-cols", "48", "--patch-size", "5", "--batch-size", "32", "--threads", "1",
+                 "--epochs", "2", "--head", "retrieval", "--embed-dim", "16"])
+    (trial,) = _load(out, name="houston13").get_trials()
+    results = json.loads((Path(trial.user_attrs["run_dir"]) / "results.json").read_text())
+    assert results["validation"]["metric"] == "oa" and trial.value == pytest.approx(results["validation"]["mean"])
+    assert len(trial.intermediate_values) == 2 and max(trial.intermediate_values.values()) == pytest.approx(trial.value)
+    assert best["test"]["oa"] == results["oa"] and set(trial.params) == {"tau1", "tau2", "lambda1", "lr"}
+
+
+def test_threshold_pruner_prunes_every_trial(tmp_path: Path, abide_cache: Path) -> None:
+    out = tmp_path / "pruned"
+    best = main(["abide", "--out", str(out), "--n-trials", "2", "--pruner", "threshold", "--prune-below", "1.5",
+                 "--pruner-warmup", "0", "--report-metric", "val_accuracy", "--", *_abide_args(abide_cache),
+                 "--embed-dim", "16"])
+    trials = _load(out).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2  # accuracy never reaches 1.5
+    assert all(t.user_attrs["pruned_at"]["step"] == 0 and list(t.intermediate_values) == [0] for t in trials)
+    assert all(not (Path(t.user_attrs["run_dir"]) / "results.json").exists() for t in trials)
+    assert best["best_trial"] is None and best["counts"] == {"PRUNED": 2}
+
+
+def test_failing_trials_are_recorded_and_the_worker_goes_on(tmp_path: Path, abide_cache: Path) -> None:
+    out = tmp_path / "failing"
+    missing = tmp_path / "no-such-abide"
+    with pytest.raises(SystemExit) as info:
+        main(["abide", "--out", str(out), "--n-trials", "3", "--max-failures", "2", "--",
+              *_abide_args(abide_cache), "--data-dir", str(missing)])
+    assert info.value.code == 1
+    trials = _load(out).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2  # went on after the first failure
+    assert all(str(missing) in t.user_attrs["error"] and "does not exist" in t.user_attrs["error"] for t in trials)
+    assert not (out / "best.json").exists()
+
+
+def test_dead_local_worker_trials_fail_on_journal_storage(tmp_path: Path) -> None:
+    cfg = SweepConfig(front_end="abide", out=tmp_path, storage=str(tmp_path / "j.log"))
+    study = optuna.create_study(study_name="j", storage=make_storage(cfg), direction="maximize")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone, alive = study.ask(), study.ask()
+    gone.set_user_attr("worker", {"host": os.uname().nodename, "pid": dead.pid})
+    alive.set_user_attr("worker", {"host": os.uname().nodename, "pid": os.getpid()})
+    assert fail_dead_local_trials(study) == [gone.number]
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {gone.number: optuna.trial.TrialState.FAIL, alive.number: optuna.trial.TrialState.RUNNING}
+    assert "stopped mid-trial" in study.get_trials()[gone.number].user_attrs["error"]
+
+
+# -- several workers -----------------------------------------------------------------------------------------------
+def _check_trials(study: optuna.Study, n_trials: int) -> list[optuna.trial.FrozenTrial]:
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == n_trials
+    run_dirs = [t.user_attrs["run_dir"] for t in trials]
+    assert len(set(run_dirs)) == len(trials)  # every trial recorded once, in its own folder
+    for t in finished:
+        assert {"run_dir", "seed", "worker", "argv"} <= set(t.user_attrs)
+        assert t.state != optuna.trial.TrialState.COMPLETE or (Path(t.user_attrs["run_dir"]) / "results.json").is_file()
+    return trials
+
+
+@pytest.mark.slow  # ~40 s on 2 busy cores: two worker processes importing torch
+def test_two_workers_on_a_journal_file_then_resume(tmp_path: Path, abide_cache: Path) -> None:
+    out, journal = tmp_path / "sweep", tmp_path / "study.log"
+    args = ["abide", "--out", str(out), "--storage", f"journal://{journal}", "--n-trials", "3", "--pruner", "none",
+            "--", *_abide_args(abide_cache, epochs=5), "--embed-dim", "16"]
+    workers = [_worker(args, tmp_path / f"worker{i}.log") for i in range(2)]
+    codes = [w.wait(timeout=240) for w in workers]
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], logs
+    study = _load(out, f"journal://{journal}")
+    trials = _check_trials(study, 3)
+    assert len(trials) == 3 or all(t.user_attrs.get("surplus") for t in trials[3:])
+    assert all("finished" in log for log in logs)
+    main([*args[:6], "4", *args[7:]])  # a rerun with a larger --n-trials resumes the same study
+    assert [t.number for t in _check_trials(_load(out, f"journal://{journal}"), 4)][:3] == [t.number for t in trials]
+    assert json.loads((out / "best.json").read_text())["counts"]["COMPLETE"] == 4
+
+
+def test_postgres_workers_and_a_killed_worker(tmp_path: Path, abide_cache: Path, postgres_url: str) -> None:
+    out = tmp_path / "sweep"
+    plain = postgres_url.replace("postgresql+psycopg2://", "postgresql://")  # as users type it; the driver is found
+    args = ["abide", "--out", str(out), "--storage", plain, "--study-name", "pg", "--n-trials", "3",
+            "--pruner", "none", "--heartbeat", "1", "--grace", "3", "--poll", "0.5",
+            "--", *_abide_args(abide_cache, epochs=20), "--embed-dim", "16"]
+    victim = _worker(args, tmp_path / "victim.log")
+    survivor = _worker(args, tmp_path / "survivor.log")
+    study = None
+    deadline = time.monotonic() + 180
+    killed = None
+    while killed is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            study = study or _load(out, postgres_url, name="pg")
+        except KeyError:  # the study does not exist yet
+            continue
+        for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+            if t.user_attrs.get("worker", {}).get("pid") == victim.pid and "argv" in t.user_attrs:
+                victim.send_signal(signal.SIGKILL)
+                killed = t.number
+                break
+        assert victim.poll() is None or killed is not None, (tmp_path / "victim.log").read_text()
+    victim.wait(timeout=30)
+    assert killed is not None, "the victim worker never ran a trial"
+    code = survivor.wait(timeout=240)
+    assert code == 0, (tmp_path / "survivor.log").read_text()
+    trials = _check_trials(_load(out, postgres_url, name="pg"), 3)
+    by_number = {t.number: t for t in trials}
+    assert by_number[killed].state == optuna.trial.TrialState.FAIL  # failed through the missing heartbeat
+    assert "error" not in by_number[killed].user_attrs  # not an exception: the worker died
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed]  # re-queued by the heartbeat
+    assert len(retried) == 1 and retried[0].params == by_number[killed].params
+    assert retried[0].state == optuna.trial.TrialState.COMPLETE
+    best = json.loads((out / "best.json").read_text())
+    assert best["counts"]["COMPLETE"] == 3 and "postgres" in best["storage"]
