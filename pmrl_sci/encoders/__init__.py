@@ -2,9 +2,25 @@
 
 Build one with :func:`pmrl_sci.registry.build_encoder`. Outside packages add theirs through
 the ``pmrl_sci.encoders`` entry-point group.
+
+Families: ``mlp`` (tabular), ``text`` (transformers), ``brainnettf`` / ``vanillatf`` / ``brainnetcnn``
+(connectivity), ``hsi_cnn`` / ``lidar_cnn`` (remote-sensing patches), ``vision``, ``depth``, ``touch``,
+``audio`` and ``features`` (precomputed embeddings).
 """
 
-from pmrl_sci.encoders import mlp, text  # noqa: F401
+from pmrl_sci.encoders import (  # noqa: F401  (importing registers each family)
+    audio,
+    brainnetcnn,
+    brainnettf,
+    cnn,
+    depth,
+    features,
+    mlp,
+    text,
+    touch,
+    vanillatf,
+    vision,
+)
 from pmrl_sci.encoders.base import Encoder, InputSpec
 
 __all__ = ["Encoder", "InputSpec"]
