@@ -123,20 +123,28 @@ class EarlyStopping:
     mode: str = "max"
     min_delta: float = 0.0
     best: float | None = None
+    best_tiebreak: float | None = None
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list[float] = field(default_factory=list)
 
-    def step(self, score: float, epoch: int) -> bool:
-        """Record ``score``; return True when it is the best so far."""
+    def step(self, score: float, epoch: int, tiebreak: float | None = None) -> bool:
+        """Record ``score``; return True when it is the best so far.
+
+        ``tiebreak`` (lower is better, e.g. the validation loss) decides between epochs whose scores are
+        equal, which is common for AUC or accuracy on small validation sets.
+        """
         self.history.append(float(score))
         if not np.isfinite(score):
             self.bad_epochs += 1
             return False
         better = (self.best is None or (score > self.best + self.min_delta if self.mode == "max"
                                         else score < self.best - self.min_delta))
-        if better:
+        tied = (self.best is not None and not better and score == self.best and tiebreak is not None
+                and self.best_tiebreak is not None and tiebreak < self.best_tiebreak)
+        if better or tied:
             self.best, self.best_epoch, self.bad_epochs = float(score), epoch, 0
+            self.best_tiebreak = None if tiebreak is None else float(tiebreak)
             return True
         self.bad_epochs += 1
         return False

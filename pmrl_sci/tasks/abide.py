@@ -315,6 +315,8 @@ def evaluate(model: AbideModel, loader: DataLoader, device: torch.device) -> dic
                 u1s.append(spec.u1.cpu())
                 vs.append(spec.v.abs().cpu())
     out: dict[str, Any] = {"prob": torch.cat(probs).numpy(), "label": torch.cat(labels).numpy()}
+    p = np.clip(out["prob"], 1e-7, 1 - 1e-7)
+    out["loss"] = float(-np.mean(out["label"] * np.log(p) + (1 - out["label"]) * np.log(1 - p)))
     out["sigma"] = torch.cat(sigmas).numpy() if sigmas else None
     if u1s:
         u1 = torch.cat(u1s)
@@ -409,13 +411,14 @@ def train_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.
             broadcast_buffers(model)
         val = evaluate(model, val_loader, device)
         val_metrics = binary_classification_metrics(val["label"], val["prob"])
+        # validation AUC selects the epoch; the validation cross-entropy breaks ties (small validation sets)
         improved = stopper.step(val_metrics["auc"] if np.isfinite(val_metrics["auc"]) else val_metrics["accuracy"],
-                                epoch)
+                                epoch, tiebreak=val["loss"])
         if improved:
             best_state = copy.deepcopy(model.state_dict())
         train_means = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
         record = {"unit": unit, "seed": seed, "epoch": epoch, **train_means,
-                  **{f"val_{k}": v for k, v in val_metrics.items()}}
+                  **{f"val_{k}": v for k, v in val_metrics.items()}, "val_loss": val["loss"]}
         if val["sigma"] is not None:
             record["val_sigma_mean"] = val["sigma"].mean(axis=0).tolist()
             record["val_u1_cosine"] = val["u1_cosine"]
