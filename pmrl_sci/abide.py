@@ -9,12 +9,11 @@ same ``--out`` resumes: finished trials and folds are not run again.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-from pmrl_sci.config import parse_args_with_config
+from pmrl_sci.config import parse_dataclass_config
 from pmrl_sci.runs import default_run_dir, is_rank_zero
 from pmrl_sci.tasks.abide import ABIDE_MODALITIES, FMRI_CHANNELS, MODELS, AbideConfig, run_abide
 
@@ -107,14 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run from command-line arguments and return the results (as written to results.json)."""
     parser = build_parser()
-    args = parse_args_with_config(parser, argv)
+    config = parse_dataclass_config(parser, AbideConfig, argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(AbideConfig) if hasattr(args, f.name)}
-    if values.get("out") is None:
-        values["out"] = str(default_run_dir("abide"))
-    if values.get("folds") is not None and values["folds"] < 2:
+    if config.out is None:
+        config.out = str(default_run_dir("abide"))
+    if config.folds is not None and config.folds < 2:
         parser.error("--folds must be >= 2")
-    config = AbideConfig(**values)
     try:
         results = run_abide(config)
     except (FileNotFoundError, ValueError) as exc:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+
+T = TypeVar("T")
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -64,3 +67,20 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] 
         except (ValueError, FileNotFoundError) as exc:
             parser.error(str(exc))
     return parser.parse_args(argv)
+
+
+def parse_dataclass_config(parser: argparse.ArgumentParser, config_class: type[T],
+                           argv: Sequence[str] | None = None, **overrides: Any) -> T:
+    """Parse ``argv`` (with ``-c config.yaml``) into an instance of the dataclass ``config_class``.
+
+    Options whose destination is a field of the dataclass become its values; ``overrides`` are applied on
+    top. A ``ValueError`` raised by the dataclass (its own validation) becomes a command-line error.
+    """
+    args = parse_args_with_config(parser, argv)
+    names = {f.name for f in dataclasses.fields(config_class)}
+    values = {key: value for key, value in vars(args).items() if key in names} | overrides
+    try:
+        return config_class(**values)
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits

@@ -10,7 +10,6 @@ matrix and the classification map.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -88,17 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: Sequence[str] | None = None) -> Houston13Config:
     """Parse the command line (and ``-c config.yaml``) into a :class:`Houston13Config`."""
-    from pmrl_sci.config import parse_args_with_config
+    from pmrl_sci.config import parse_dataclass_config
 
-    parser = build_parser()
-    args = parse_args_with_config(parser, argv)
-    fields = {f.name for f in dataclasses.fields(Houston13Config)}
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    try:
-        return Houston13Config(**values)
-    except ValueError as exc:
-        parser.error(str(exc))
-        raise  # unreachable: parser.error exits
+    return parse_dataclass_config(build_parser(), Houston13Config, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -109,9 +100,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv : sequence of str, optional
         Command-line arguments (default ``sys.argv[1:]``).
     """
+    from pmrl_sci.runs import is_rank_zero
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = parse_config(argv)
     results = run_houston13(cfg)
+    if not is_rank_zero():  # under torchrun only rank 0 prints the summary
+        return results
     primary = results["primary_head"]
     summary = ", ".join(f"{k.upper()} {results[k]['mean']:.4f} +- {results[k]['std']:.4f}"
                         for k in ("oa", "aa", "kappa"))
