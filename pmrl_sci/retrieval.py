@@ -3,16 +3,18 @@
 Trains encoders for the chosen modalities with PMRL (or GRAM / VAST), plus the instance-matching term
 (weight ``--lambda2``, 0.1 as in the paper's retrieval setting), and evaluates R@1, R@5, R@10 and the
 median rank for every ordered pair of modalities (``results.json`` ``"recall"`` keyed by
-``"query->gallery"``, and a heat-map PNG). ``--few-shot N`` trains on N examples per class (N instances
-when rows have no label); ``--zero-shot-labels FILE`` classifies each non-text modality by retrieval
-against the label texts. Without ``--manifest`` the embedded synthetic scenes (vision, depth, touch,
-audio, caption) are generated and used; the default run takes a few minutes on 2 CPU cores.
+``"query->gallery"``, and a heat-map PNG) on the test rows, once, with the epoch of best validation mean R@1
+(``--val-fraction`` of the training rows are held out). Under ``torchrun --nproc-per-node N -m pmrl_sci.retrieval``
+it trains with DistributedDataParallel (``--batch-size`` is the global batch; rank 0 writes). ``--few-shot N``
+trains on N examples per class (N instances when rows have no label); ``--zero-shot-labels FILE`` classifies
+each non-text modality by retrieval against the label texts. Without ``--manifest`` the embedded synthetic
+scenes (vision, depth, touch, audio, caption) are generated and used; the default run takes a few minutes
+on 2 CPU cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -49,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max-depth", type=float, default=d.max_depth, help="depth (metres) mapped to 1")
     data.add_argument("--test-fraction", type=float, default=d.test_fraction,
                       help="test fraction of a random split when the manifest has no split column")
+    data.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                      help="fraction of the TRAINING rows held out for validation (model selection, early stopping, "
+                           "sweeps), stratified by class when every row has a label; a manifest with train, val "
+                           "and test rows uses its val rows instead")
 
     model = p.add_argument_group("model and objective")
     model.add_argument("--objective", choices=("pmrl", "gram", "vast"), default=d.objective, help="alignment loss")
@@ -84,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = p.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
-    train.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size")
+    train.add_argument("--batch-size", type=int, default=d.batch_size,
+                       help="training batch size (the global batch under torchrun: each rank takes its share)")
     train.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="evaluation batch size")
     train.add_argument("--lr", type=float, default=d.lr,
                        help="AdamW learning rate (warm-up then cosine decay; the paper's 2e-5 is for pre-trained "
@@ -93,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help="fraction of warm-up steps")
     train.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient-norm clip (0: off)")
     train.add_argument("--eval-every", type=int, default=d.eval_every,
-                       help="also evaluate test retrieval every N epochs into metrics.jsonl (0: only at the end)")
+                       help="evaluate validation retrieval every N epochs (0: only after the last epoch); the "
+                            "best epoch by validation mean R@1 is kept and tested once, at the end")
+    train.add_argument("--patience", type=int, default=d.patience,
+                       help="early stopping: validations without improvement of the mean R@1 (0: off)")
     train.add_argument("--seed", type=int, default=d.seed, help="training seed")
     train.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     train.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
@@ -103,16 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: Sequence[str] | None = None) -> RetrievalConfig:
     """Parse the command line (and ``-c config.yaml``) into a :class:`RetrievalConfig`."""
-    from pmrl_sci.config import parse_args_with_config
+    from pmrl_sci.config import parse_dataclass_config
 
-    parser = build_parser()
-    args = parse_args_with_config(parser, argv)
-    fields = {f.name for f in dataclasses.fields(RetrievalConfig)}
-    try:
-        return RetrievalConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    except ValueError as exc:
-        parser.error(str(exc))
-        raise  # unreachable: parser.error exits
+    return parse_dataclass_config(build_parser(), RetrievalConfig, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -123,11 +126,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv : sequence of str, optional
         Command-line arguments (default ``sys.argv[1:]``).
     """
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from pmrl_sci.runs import is_rank_zero
+
+    logging.basicConfig(level=logging.INFO if is_rank_zero() else logging.WARNING, format="%(message)s")
     cfg = parse_config(argv)
     results = run_retrieval(cfg)
-    print(f"retrieval on {results['dataset']} ({cfg.objective}; {results['n_train']} train / "
-          f"{results['n_test']} test): mean R@1 {results['mean_R@1']:.3f}, mean R@10 {results['mean_R@10']:.3f}")
+    if is_rank_zero():  # under torchrun the other ranks return a short record and stay quiet
+        print_summary(cfg, results)
+    return results
+
+
+def print_summary(cfg: RetrievalConfig, results: dict[str, Any]) -> None:
+    """Print the test recall (per pair), the validation score and the zero-shot accuracy of a finished run.
+
+    Parameters
+    ----------
+    cfg : RetrievalConfig
+        The run's configuration.
+    results : dict
+        What :func:`pmrl_sci.pipelines.retrieval_training.run_retrieval` returned on rank 0.
+    """
+    print(f"retrieval on {results['dataset']} ({cfg.objective}; {results['n_train']} train / {results['n_val']} "
+          f"validation / {results['n_test']} test): mean R@1 {results['mean_R@1']:.3f}, "
+          f"mean R@10 {results['mean_R@10']:.3f}")
+    validation = results["validation"]
+    print(f"  validation mean R@1 {validation['mean']:.3f} at epoch {validation['best_epoch']} "
+          f"(the model tested)")
     for pair, metrics in results["recall"].items():
         print(f"  {pair:>20}: R@1 {metrics['R@1']:.3f}  R@5 {metrics['R@5']:.3f}  R@10 {metrics['R@10']:.3f}  "
               f"median rank {metrics['median_rank']:.0f}")
@@ -135,7 +159,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         accuracy = ", ".join(f"{m} {a:.3f}" for m, a in results["zero_shot"]["accuracy"].items())
         print(f"  zero-shot top-1 (chance {results['zero_shot']['chance']:.3f}): {accuracy}")
     print(f"run folder: {results['run_dir']}")
-    return results
 
 
 if __name__ == "__main__":

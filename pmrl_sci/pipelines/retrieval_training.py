@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pmrl_sci.distributed import DistInfo
 from pmrl_sci.pipelines.manifest import LoadedData, LoadOptions, load_manifest_data, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class RetrievalConfig:
     num_frames: int = 4
     max_depth: float = 10.0
     test_fraction: float = 0.2
+    val_fraction: float = 0.1
     objective: str = "pmrl"
     anchor: str | None = None
     tau1: float = 0.05
@@ -63,7 +66,8 @@ class RetrievalConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     grad_clip: float = 2.0
-    eval_every: int = 0
+    eval_every: int = 1
+    patience: int = 10
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
@@ -84,6 +88,11 @@ class RetrievalConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("eval_every", "patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -115,6 +124,75 @@ def split_indices(data: LoadedData, test_fraction: float, seed: int) -> tuple[np
         raise ValueError(f"{len(data)} rows are too few to split into train and test")
     logger.info("no usable split column: random %d train / %d test rows", len(data) - n_test, n_test)
     return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def validation_split(train: np.ndarray, labels: Sequence[str | None], fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Carve a validation part out of the training rows; returns sorted ``(fit, val)`` row indices.
+
+    Parameters
+    ----------
+    train : numpy.ndarray
+        Training row indices (into ``labels``).
+    labels : sequence of str or None
+        Class name per row of the whole data set (``None`` where unlabelled).
+    fraction : float
+        Share of ``train`` held out (``round(fraction * len(train))``, at least one row when positive).
+    seed : int
+        Seed of the draw.
+
+    Notes
+    -----
+    When every training row has a label the split is stratified: the validation rows are shared among the classes
+    in proportion to their sizes (largest remainders, ties broken at random) and every class keeps at least one
+    fitting row, so a class with a single row stays out of validation. Otherwise the rows are drawn at random.
+    """
+    train = np.sort(np.asarray(train, dtype=int))
+    if fraction <= 0 or train.size < 2:
+        return train, train[:0]
+    rng = np.random.default_rng(seed)
+    n_val = min(train.size - 1, max(1, int(round(fraction * train.size))))
+    train_labels = [labels[i] for i in train]
+    if any(label is None for label in train_labels):
+        order = rng.permutation(train)
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    groups: dict[str, list[int]] = {}
+    for row, label in zip(train.tolist(), train_labels, strict=True):
+        groups.setdefault(str(label), []).append(row)
+    names = sorted(groups)
+    counts = np.array([len(groups[name]) for name in names])
+    caps = counts - 1  # every class keeps a fitting row
+    n_val = min(n_val, int(caps.sum()))
+    exact = n_val * counts / counts.sum()
+    quota = np.minimum(np.floor(exact).astype(int), caps)
+    remainder = exact - quota
+    tiebreak = rng.random(len(names))
+    while quota.sum() < n_val:
+        open_ = np.flatnonzero(quota < caps)
+        best = open_[np.lexsort((tiebreak[open_], -remainder[open_]))[0]]
+        quota[best] += 1
+        remainder[best] -= 1.0
+    val = [row for name, q in zip(names, quota.tolist(), strict=True) if q
+           for row in rng.choice(groups[name], size=q, replace=False).tolist()]
+    val_rows = np.sort(np.asarray(val, dtype=int))
+    return np.setdiff1d(train, val_rows), val_rows
+
+
+def split_rows(data: LoadedData, test_fraction: float, val_fraction: float, seed: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fitting, validation and test rows.
+
+    Test rows as :func:`split_indices`. Validation: the manifest's ``val`` rows when it has ``train``, ``val`` and
+    ``test`` rows, else a part of the training rows (:func:`validation_split`, stratified by class when every
+    training row has a label; empty when ``val_fraction`` is 0).
+    """
+    train, test = split_indices(data, test_fraction, seed)
+    splits = np.array([s or "" for s in data.splits])
+    manifest_val = np.flatnonzero(splits == "val")
+    if manifest_val.size and (splits == "test").any() and (splits == "train").any():
+        return train, manifest_val, test
+    fit, val = validation_split(train, data.labels, val_fraction, seed)
+    return fit, val, test
 
 
 def few_shot_indices(train: np.ndarray, labels: Sequence[str | None], n: int, seed: int) -> tuple[np.ndarray, str]:
@@ -205,8 +283,19 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 @torch.no_grad()
 def embed_rows(model: nn.Module, data: LoadedData, rows: np.ndarray, batch_size: int,
-               device: torch.device) -> dict[str, torch.Tensor]:
-    """L2-normalised embeddings ``{modality: [len(rows), d]}`` (eval mode; missing rows are placeholders)."""
+               device: torch.device, sharded: bool = False) -> dict[str, torch.Tensor]:
+    """L2-normalised embeddings ``{modality: [len(rows), d]}`` on CPU (eval mode; missing rows are placeholders).
+
+    ``sharded``: under ``torch.distributed`` each rank embeds a contiguous part of ``rows`` and every rank gets
+    the whole, in order (``model`` must be the unwrapped module, identical on every rank).
+    """
+    from pmrl_sci.distributed import gather_objects, get_world_size, shard_range
+
+    rows = np.asarray(rows, dtype=int)
+    if sharded and get_world_size() > 1 and rows.size >= get_world_size():
+        part = shard_range(rows.size)
+        parts = gather_objects(embed_rows(model, data, rows[part.start:part.stop], batch_size, device))
+        return {m: torch.cat([p[m] for p in parts]) for m in parts[0]}
     model.eval()
     chunks: dict[str, list[torch.Tensor]] = {m: [] for m in data.modalities}
     for start in range(0, len(rows), batch_size):
@@ -217,15 +306,34 @@ def embed_rows(model: nn.Module, data: LoadedData, rows: np.ndarray, batch_size:
     return {m: torch.cat(v) for m, v in chunks.items()}
 
 
+def mean_recall(recall: dict[str, dict[str, float]], metric: str = "R@1") -> float:
+    """Mean of ``metric`` over the pairs of :func:`pairwise_recall` (NaN when there is none)."""
+    values = [r[metric] for r in recall.values()]
+    return float(np.mean(values)) if values else float("nan")
+
+
 # -- evaluation ----------------------------------------------------------------------------------------------------
 def pairwise_recall(embeddings: dict[str, torch.Tensor], mask: np.ndarray, modalities: Sequence[str],
-                    ks: Sequence[int] = KS) -> dict[str, dict[str, float]]:
+                    ks: Sequence[int] = KS, skip_empty: bool = False) -> dict[str, dict[str, float]]:
     """R@K and median rank for every ordered pair ``"query->gallery"`` over rows having both modalities.
+
+    Parameters
+    ----------
+    embeddings : dict of str to Tensor
+        L2-normalised ``[N, d]`` per modality.
+    mask : numpy.ndarray
+        Bool ``[N, k]``, True where the row has the modality.
+    modalities : sequence of str
+        The k modalities, in the column order of ``mask``.
+    ks : sequence of int
+        Recall cut-offs.
+    skip_empty : bool
+        Leave out pairs without a row having both modalities (a small validation set) instead of raising.
 
     Raises
     ------
     ValueError
-        When a pair has no row with both modalities (an empty gallery), naming the pair.
+        When a pair has no row with both modalities (an empty gallery) and ``skip_empty`` is False, naming the pair.
     """
     from pmrl_sci.metrics import retrieval_metrics
 
@@ -236,6 +344,8 @@ def pairwise_recall(embeddings: dict[str, torch.Tensor], mask: np.ndarray, modal
                 continue
             rows = np.flatnonzero(mask[:, i] & mask[:, j])
             if rows.size == 0:
+                if skip_empty:
+                    continue
                 raise ValueError(f"retrieval {q}->{g}: empty gallery (no test row has both {q!r} and {g!r})")
             similarity = embeddings[q][rows] @ embeddings[g][rows].T
             metrics = retrieval_metrics(similarity, ks=ks)
@@ -333,7 +443,7 @@ def plot_recall_heatmap(recall: dict[str, dict[str, float]], modalities: Sequenc
 
 
 # -- training ------------------------------------------------------------------------------------------------------
-def _lr_lambda(total_steps: int, warmup_ratio: float):
+def _lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
     warmup = max(1, int(round(warmup_ratio * total_steps)))
 
     def schedule(step: int) -> float:
@@ -345,17 +455,183 @@ def _lr_lambda(total_steps: int, warmup_ratio: float):
     return schedule
 
 
-def run_retrieval(cfg: RetrievalConfig) -> dict[str, Any]:
-    """Train on the training rows and evaluate any-modality retrieval on the test rows; returns ``results.json``."""
-    from pmrl_sci.runs import RunFolder, default_run_dir
-    from pmrl_sci.training import MultimodalModel, resolve_device, seed_everything
+@dataclass
+class TrainOutcome:
+    """What :func:`train_retrieval` produced.
 
-    started = time.perf_counter()
+    Attributes
+    ----------
+    best_state : dict
+        State dicts (``"model"``, ``"objective"`` and, with instance matching, ``"matching"``) of the selected
+        epoch: the best validation mean R@1, or the last epoch without validation rows.
+    best_epoch : int
+        The selected epoch (1-based).
+    best_val : float
+        Its validation mean R@1 (NaN without validation rows).
+    epochs_run : int
+        Epochs trained (fewer than ``cfg.epochs`` after early stopping).
+    last_train : dict of str to float
+        Training losses of the last epoch, averaged over its steps (and ranks).
+    """
+
+    best_state: dict[str, Any]
+    best_epoch: int
+    best_val: float
+    epochs_run: int
+    last_train: dict[str, float]
+
+
+def _snapshot(model: nn.Module, objective: nn.Module, matching: nn.Module | None) -> dict[str, Any]:
+    state = {"model": copy.deepcopy(model.state_dict()), "objective": copy.deepcopy(objective.state_dict())}
+    if matching is not None:
+        state["matching"] = copy.deepcopy(matching.state_dict())
+    return state
+
+
+def validation_scores(model: nn.Module, data: LoadedData, val: np.ndarray, cfg: RetrievalConfig,
+                      device: torch.device, sharded: bool = False) -> dict[str, float]:
+    """``val_mean_R@1``, ``val_mean_R@5`` and ``val_mean_R@10`` over the pairs present in the validation rows."""
+    embeddings = embed_rows(model, data, val, cfg.eval_batch_size, device, sharded=sharded)
+    recall = pairwise_recall(embeddings, data.mask[val], data.modalities, skip_empty=True)
+    return {f"val_mean_R@{k}": mean_recall(recall, f"R@{k}") for k in KS}
+
+
+def train_retrieval(cfg: RetrievalConfig, data: LoadedData, fit: np.ndarray, val: np.ndarray, model: nn.Module,
+                    objective: nn.Module, matching: nn.Module | None, device: torch.device,
+                    log: Callable[[dict[str, Any]], None], dist_info: DistInfo) -> TrainOutcome:
+    """Train on the ``fit`` rows, validate on the ``val`` rows, keep the best epoch (by validation mean R@1).
+
+    Parameters
+    ----------
+    cfg : RetrievalConfig
+        Optimiser, schedule, batch size (the *global* batch under torchrun), evaluation and early stopping.
+    data : LoadedData
+        Every row (text columns already embedded).
+    fit, val : numpy.ndarray
+        Training and validation rows.
+    model : nn.Module
+        The :class:`~pmrl_sci.training.MultimodalModel`, on ``device``.
+    objective, matching : nn.Module
+        Alignment objective and instance-matching head (or None), on ``device``.
+    device : torch.device
+        This rank's device.
+    log : callable
+        Receives one record per epoch (``RunFolder.log_metrics``: writes on rank 0 only).
+    dist_info : DistInfo
+        Under torchrun: ``model`` is trained through DDP, each rank takes its share of every global batch
+        (:class:`~pmrl_sci.distributed.GlobalBatchSampler`), the objectives gather across ranks, the gradients of
+        the objective's and the matching head's parameters are averaged, validation is sharded and gathered, and
+        logged losses are averaged over ranks; every rank makes the same selection and stopping decisions.
+
+    Every validated epoch is handed to :func:`pmrl_sci.training.report_epoch` (unit ``seed<seed>``) for sweeps.
+    """
+    from pmrl_sci.distributed import (
+        GlobalBatchSampler,
+        all_reduce_dict_mean,
+        average_gradients,
+        broadcast_buffers,
+        wrap_ddp,
+    )
+    from pmrl_sci.training import EarlyStopping, report_epoch
+
+    distributed = dist_info.distributed
+    train_model = wrap_ddp(model, dist_info) if distributed else model  # the wrapper trains; `model` evaluates
+    heads = [m for m in (objective, matching) if m is not None]
+    head_parameters = [p for m in heads for p in m.parameters() if p.requires_grad]
+    parameters = [p for p in model.parameters() if p.requires_grad] + head_parameters
+    optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    sampler = GlobalBatchSampler(fit.size, min(cfg.batch_size, fit.size), num_replicas=dist_info.world_size,
+                                 rank=dist_info.rank, seed=cfg.seed, drop_last=True)
+    steps_per_epoch = len(sampler)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch,
+                                                                         cfg.warmup_ratio))
+    stopper = EarlyStopping(patience=cfg.patience if cfg.patience > 0 else cfg.epochs + 1, mode="max")
+    best_state: dict[str, Any] | None = None
+    best_epoch, best_val, last, epoch = 0, float("nan"), {}, 0
+    for epoch in range(1, cfg.epochs + 1):
+        for module in (train_model, *heads):
+            module.train()
+        sampler.set_epoch(epoch)
+        totals: dict[str, float] = {}
+        for local in sampler:
+            batch, mask = data.batch(fit[local])
+            mask = mask.to(device)
+            embeddings = train_model(_to_device(batch, device))
+            out = objective(embeddings, mask)
+            loss = out["loss"]
+            if matching is not None:
+                im = matching(embeddings, mask)
+                loss = loss + cfg.lambda2 * im["loss"]
+                out = out | {f"im_{k}": v for k, v in im.items()}
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"epoch {epoch}: the loss is {loss.item()} (lower --lr?)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if distributed:  # parameters outside DDP: the matching head, a learnable temperature
+                average_gradients(head_parameters)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(parameters, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            totals["total_loss"] = totals.get("total_loss", 0.0) + float(loss.detach())
+            for key, value in out.items():
+                if isinstance(value, torch.Tensor) and value.numel() == 1:
+                    totals[key] = totals.get(key, 0.0) + float(value.detach())
+        last = {k: v / steps_per_epoch for k, v in totals.items()}
+        if distributed:  # each rank holds its share of the global-batch values: their mean is the global value
+            last = all_reduce_dict_mean(last)
+        record: dict[str, Any] = {"epoch": epoch, **last, "lr": scheduler.get_last_lr()[0]}
+        scores: dict[str, float] = {}
+        if val.size and (epoch == cfg.epochs or (cfg.eval_every and epoch % cfg.eval_every == 0)):
+            if distributed:  # rank 0's BatchNorm statistics everywhere, so every shard sees the same model
+                broadcast_buffers(model)
+            scores = validation_scores(model, data, val, cfg, device, sharded=distributed)
+            record.update(scores)
+            if stopper.step(scores["val_mean_R@1"], epoch) or best_state is None:
+                best_state, best_epoch, best_val = _snapshot(model, objective, matching), epoch, \
+                    scores["val_mean_R@1"]
+        log(record)
+        logger.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                                     if isinstance(v, float)))
+        if scores:
+            report_epoch(f"seed{cfg.seed}", epoch, scores)
+            if stopper.should_stop:
+                logger.info("early stop after epoch %d (best validation mean R@1 %.4f at epoch %d)", epoch,
+                            best_val, best_epoch)
+                break
+    if best_state is None:  # no validation rows: the last epoch
+        if distributed:
+            broadcast_buffers(model)
+        best_state, best_epoch = _snapshot(model, objective, matching), epoch
+    return TrainOutcome(best_state, best_epoch, best_val, epoch, last)
+
+
+def run_retrieval(cfg: RetrievalConfig) -> dict[str, Any]:
+    """Train, select on the validation rows and evaluate retrieval once on the test rows; returns ``results.json``.
+
+    Under ``torchrun --nproc-per-node N -m pmrl_sci.retrieval ...`` every rank runs this (see
+    :func:`train_retrieval`); rank 0 alone writes the run folder (config, metrics, checkpoint, heat-map, results)
+    and computes the test recall, over the whole test set; the other ranks return a short record.
+    """
+    from pmrl_sci.distributed import distributed_context
+    from pmrl_sci.training import resolve_device
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    with distributed_context(device=resolve_device(cfg.device)) as dist_info:
+        return _run_retrieval(cfg, dist_info)
+
+
+def _run_retrieval(cfg: RetrievalConfig, dist_info: DistInfo) -> dict[str, Any]:
+    from pmrl_sci.distributed import broadcast_buffers, gather_objects, main_process_first
+    from pmrl_sci.runs import RunFolder, default_run_dir, summarize
+    from pmrl_sci.training import MultimodalModel, seed_everything
+
+    started = time.perf_counter()
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    manifest_path, dataset, sample_rate = resolve_manifest(cfg)
+    device = dist_info.device
+    with main_process_first():  # rank 0 generates the embedded scenes, the others read them
+        manifest_path, dataset, sample_rate = resolve_manifest(cfg)
     modalities = cfg.modalities or (list(DEFAULT_MODALITIES) if cfg.manifest is None else None)
     manifest = read_manifest(manifest_path, modalities)
     if len(manifest.modalities) < 2:
@@ -367,81 +643,50 @@ def run_retrieval(cfg: RetrievalConfig) -> dict[str, Any]:
         logger.info("rows with missing modalities: %d of %d (%s)", missing["rows_with_missing"], len(data),
                     {m: n for m, n in missing.items() if m != "rows_with_missing" and n})
 
-    run = RunFolder(cfg.out or default_run_dir("retrieval"))
-    config_record = asdict(cfg) | {"resolved_manifest": str(manifest_path), "modalities": data.modalities,
-                                   "sample_rate": sample_rate}
-    run.write_config(config_record)
-    text_widths = embed_text_columns(data, cfg, text_cache_dir())
+    run_dir = str(cfg.out or default_run_dir("retrieval"))
+    run = RunFolder(gather_objects(run_dir)[0] if dist_info.distributed else run_dir)  # rank 0's folder
+    distributed = {"world_size": dist_info.world_size, "backend": dist_info.backend,
+                   "global_batch_size": cfg.batch_size}
+    run.write_config(asdict(cfg) | {"resolved_manifest": str(manifest_path), "modalities": data.modalities,
+                                    "sample_rate": sample_rate, "out": str(run.path), "distributed": distributed})
+    with main_process_first():  # rank 0 fills the text-embedding cache
+        text_widths = embed_text_columns(data, cfg, text_cache_dir())
 
-    train, test = split_indices(data, cfg.test_fraction, cfg.seed)
+    fit, val, test = split_rows(data, cfg.test_fraction, cfg.val_fraction, cfg.seed)
     few_shot_mode = None
     if cfg.few_shot is not None:
-        train, few_shot_mode = few_shot_indices(train, data.labels, cfg.few_shot, cfg.seed)
-        logger.info("few-shot (%s): %d training rows", few_shot_mode, train.size)
+        fit, few_shot_mode = few_shot_indices(fit, data.labels, cfg.few_shot, cfg.seed)
+        logger.info("few-shot (%s): %d training rows", few_shot_mode, fit.size)
+    logger.info("rows: %d train, %d validation, %d test", fit.size, val.size, test.size)
+    distributed["global_batch_size"] = min(cfg.batch_size, int(fit.size))
 
     model = MultimodalModel(build_encoders(data, cfg, text_widths, sample_rate)).to(device)
     objective, matching, anchor = build_objectives(cfg, data.modalities)
     objective.to(device)
-    parameters = list(model.parameters()) + list(objective.parameters())
     if matching is not None:
         matching.to(device)
-        parameters += list(matching.parameters())
-    parameters = [p for p in parameters if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    batch_size = min(cfg.batch_size, train.size)
-    steps_per_epoch = max(1, train.size // batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.epochs * steps_per_epoch,
-                                                                         cfg.warmup_ratio))
-    rng = np.random.default_rng(cfg.seed)
-    last: dict[str, float] = {}
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        objective.train()
-        order = rng.permutation(train)
-        totals: dict[str, float] = {}
-        for step in range(steps_per_epoch):
-            batch, mask = data.batch(order[step * batch_size:(step + 1) * batch_size])
-            mask = mask.to(device)
-            embeddings = model(_to_device(batch, device))
-            out = objective(embeddings, mask)
-            loss = out["loss"]
-            if matching is not None:
-                im = matching(embeddings, mask)
-                loss = loss + cfg.lambda2 * im["loss"]
-                out = out | {f"im_{k}": v for k, v in im.items()}
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"epoch {epoch}: the loss is {loss.item()} (lower --lr?)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(parameters, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            totals["total_loss"] = totals.get("total_loss", 0.0) + float(loss.detach())
-            for key, value in out.items():
-                if isinstance(value, torch.Tensor) and value.numel() == 1:
-                    totals[key] = totals.get(key, 0.0) + float(value.detach())
-        last = {k: v / steps_per_epoch for k, v in totals.items()}
-        record: dict[str, Any] = {"epoch": epoch, **last, "lr": scheduler.get_last_lr()[0]}
-        if cfg.eval_every and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            recall = pairwise_recall(embed_rows(model, data, test, cfg.eval_batch_size, device), data.mask[test],
-                                     data.modalities)
-            record["test_mean_R@1"] = float(np.mean([r["R@1"] for r in recall.values()]))
-        run.log_metrics(record)
-        logger.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in record.items()
-                                                     if isinstance(v, float)))
+    outcome = train_retrieval(cfg, data, fit, val, model, objective, matching, device, run.log_metrics, dist_info)
+    model.load_state_dict(outcome.best_state["model"])  # the selected epoch (the test is evaluated once, here)
+    if dist_info.distributed:
+        broadcast_buffers(model)
+    embeddings = embed_rows(model, data, test, cfg.eval_batch_size, device, sharded=dist_info.distributed)
+    finite = [outcome.best_val] if np.isfinite(outcome.best_val) else []
+    validation = {"metric": "mean_R@1", "rows": int(val.size), "best_epoch": outcome.best_epoch,
+                  **summarize(finite)}
+    if not dist_info.is_main:  # the test recall, the files and the zero-shot check are rank 0's
+        return {"rank": dist_info.rank, "run_dir": str(run.path), "validation": validation,
+                "distributed": distributed}
 
-    embeddings = embed_rows(model, data, test, cfg.eval_batch_size, device)
     recall = pairwise_recall(embeddings, data.mask[test], data.modalities)
     heatmap = plot_recall_heatmap(recall, data.modalities, run.figure_path("recall_heatmap"))
     results: dict[str, Any] = {
         "dataset": dataset, "manifest": str(manifest_path), "objective": cfg.objective, "anchor": anchor,
-        "modalities": data.modalities, "n_train": int(train.size), "n_test": int(test.size),
+        "modalities": data.modalities, "n_train": int(fit.size), "n_val": int(val.size), "n_test": int(test.size),
         "few_shot": None if cfg.few_shot is None else {"n": cfg.few_shot, "mode": few_shot_mode},
         "missing": missing, "recall": recall,
-        "mean_R@1": float(np.mean([r["R@1"] for r in recall.values()])),
-        "mean_R@10": float(np.mean([r["R@10"] for r in recall.values()])),
-        "final_train": last, "heatmap": str(heatmap),
+        "mean_R@1": mean_recall(recall, "R@1"), "mean_R@10": mean_recall(recall, "R@10"),
+        "validation": validation, "best_epoch": outcome.best_epoch, "epochs_run": outcome.epochs_run,
+        "final_train": outcome.last_train, "heatmap": str(heatmap), "distributed": distributed,
     }
     label_file = cfg.zero_shot_labels
     if label_file is None and cfg.manifest is None and "text" in data.modalities:
@@ -450,6 +695,6 @@ def run_retrieval(cfg: RetrievalConfig) -> dict[str, Any]:
         results["zero_shot"] = zero_shot(model, data, test, embeddings, label_file, cfg, device)
     results["train_seconds"] = time.perf_counter() - started
     results["run_dir"] = str(run.path)
-    run.save_checkpoint("model.pt", {"model": model.state_dict(), "objective": objective.state_dict()})
+    run.save_checkpoint("model.pt", {**outcome.best_state, "best_epoch": outcome.best_epoch})
     run.write_results(results)
     return results
