@@ -484,6 +484,9 @@ def resolve_model(config: AbideConfig) -> AbideConfig:
     if config.model not in MODELS:
         raise ValueError(f"unknown --model {config.model!r}: expected one of {list(MODELS)}")
     if config.model == "multimodal":
+        if len(config.modalities) < 2 and config.objective != "none":
+            logger.info("one modality: no alignment term (objective %s not used)", config.objective)
+            return dataclasses.replace(config, objective="none")
         return config
     if config.modalities != ["fmri"]:
         logger.info("--model %s uses the fMRI modality only (asked: %s)", config.model, config.modalities)
