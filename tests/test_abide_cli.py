@@ -45,8 +45,9 @@ def test_single_modality_folds_and_config_file(tmp_path, cache_dir):
     config.write_text("objective: vast\nfolds: 2\nepochs: 1\n")
     out, results = _run(tmp_path, cache_dir, "-c", str(config), "--modalities", "smri", "--epochs", "2")
     assert results["modalities"] == ["smri"] and results["auc"]["n"] == 2
+    assert results["objective"] == "none"  # one modality: nothing to align
     resolved = (out / "config.yaml").read_text()
-    assert "epochs: 2" in resolved and "folds: 2" in resolved and "objective: vast" in resolved
+    assert "epochs: 2" in resolved and "folds: 2" in resolved and "objective: none" in resolved
 
 
 def test_combat_paper_is_marked_leaky(tmp_path, cache_dir):
