@@ -11,7 +11,7 @@ Routes, on the same inputs in one run:
 
 Times are medians of ``--repeats`` runs after a warm-up; ratios are route / pmrl in the same
 run. Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak resident-set
-growth of a forked child that runs one forward + backward (Linux).
+growth of a fresh spawned process that runs one forward + backward (Linux).
 
     python benchmarks/bench_objectives.py --threads 2
     python benchmarks/bench_objectives.py --batch 256 --dim 512 --k 4   # one configuration
@@ -20,12 +20,13 @@ growth of a forked child that runs one forward + backward (Linux).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
-import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -89,8 +90,35 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def peak_memory(route: Callable, emb: dict[str, torch.Tensor], device: torch.device) -> float:
-    """Peak extra memory (bytes) of one forward + backward."""
+def _child_peak_memory(route_name: str, batch: int, dim: int, k: int, threads: int) -> float:
+    """Run in a fresh (spawned) process: resident-set growth of one forward + backward, in bytes."""
+    torch.set_num_threads(threads)
+    route = make_routes(k)[route_name]
+    emb = _inputs(batch, dim, k, torch.device("cpu"))
+    with open("/proc/self/clear_refs", "w") as handle:  # reset the peak-RSS mark (VmHWM) to the current RSS
+        handle.write("5")
+    base = _rss_bytes()
+    _step(route, emb)
+    return float(max(_peak_rss_bytes() - base, 0))
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def peak_memory(route_name: str, route: Callable, emb: dict[str, torch.Tensor], device: torch.device,
+                threads: int) -> float:
+    """Peak extra memory (bytes) of one forward + backward.
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the peak resident-set growth measured in a fresh spawned
+    process (a forked one can hang in OpenMP), so earlier measurements do not hide this one's peak.
+    """
+    batch, dim = next(iter(emb.values())).shape
+    k = len(emb)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -98,20 +126,9 @@ def peak_memory(route: Callable, emb: dict[str, torch.Tensor], device: torch.dev
         _step(route, emb)
         torch.cuda.synchronize()
         return float(torch.cuda.max_memory_allocated() - base)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: measure and report through the pipe
-        os.close(read)
-        base = _rss_bytes()
-        _step(route, emb)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        os.write(write, str(max(peak - base, 0)).encode())
-        os._exit(0)
-    os.close(write)
-    data = os.read(read, 64)
-    os.close(read)
-    os.waitpid(pid, 0)
-    return float(data or 0)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_child_peak_memory, route_name, batch, dim, k, threads).result()
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -150,7 +167,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                             times[name] = mems[name] = float("nan")
                             continue
                         times[name] = time_route(route, emb, args.repeats, device)
-                        mems[name] = float("nan") if args.no_memory else peak_memory(route, emb, device)
+                        mems[name] = float("nan") if args.no_memory else peak_memory(name, route, emb, device,
+                                                                                      args.threads)
                     base = times["pmrl"]
                     cells = [f"{times[n] * 1e3:.2f} ({times[n] / base:.1f})" if times[n] == times[n] else "skipped"
                              for n in routes]

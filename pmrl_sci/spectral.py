@@ -85,27 +85,37 @@ def _orient(v: torch.Tensor, tie_tol: float) -> torch.Tensor:
 
 
 class GramSpectrum(torch.autograd.Function):
-    """sigma [B, k] and V [B, k, k] of z [B, k, d] through the Gram matrix, with a stable backward."""
+    """sigma [B, k], V [B, k, k] and u1 [B, d] of z [B, k, d] through the Gram matrix, with a stable backward."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, gap_eps: float, tie_tol: float):  # type: ignore[override]
         gram = z @ z.transpose(-1, -2)
-        gram = 0.5 * (gram + gram.transpose(-1, -2))
-        _, vectors = torch.linalg.eigh(gram)  # ascending
-        vectors = vectors.flip(-1)
-        projections = vectors.transpose(-1, -2) @ z  # row j = (Z v_j)^T, [B, k, d]
+        _, vectors = torch.linalg.eigh(gram)  # ascending; eigh reads one triangle, so no symmetrisation
+        projections = torch.einsum("bkj,bkd->bjd", vectors, z)  # row j = (Z v_j)^T, [B, k, d]
         sigma = projections.norm(dim=-1)
         sigma, order = sigma.sort(dim=-1, descending=True, stable=True)
         vectors = vectors.gather(-1, order.unsqueeze(-2).expand_as(vectors))
         vectors = _orient(vectors, tie_tol)
+        tiny = torch.finfo(sigma.dtype).tiny ** 0.5
+        u1 = torch.einsum("bk,bkd->bd", vectors[..., :, 0], z) / sigma[..., :1].clamp_min(tiny)
         ctx.gap_eps = gap_eps
-        ctx.save_for_backward(z, sigma, vectors)
-        return sigma, vectors
+        ctx.save_for_backward(z, sigma, vectors, u1)
+        return sigma, vectors, u1
 
     @staticmethod
-    def backward(ctx, grad_sigma: torch.Tensor | None, grad_v: torch.Tensor | None):  # type: ignore[override]
-        z, sigma, vectors = ctx.saved_tensors
+    def backward(ctx, grad_sigma: torch.Tensor | None, grad_v: torch.Tensor | None,  # type: ignore[override]
+                 grad_u1: torch.Tensor | None):
+        z, sigma, vectors, u1 = ctx.saved_tensors
         tiny = torch.finfo(sigma.dtype).tiny ** 0.5
+        grad_z_direct = None
+        if grad_u1 is not None:
+            # u1 = p / ||p|| with p = Z v1: through the normalisation, then into Z and v1
+            grad_p = (grad_u1 - u1 * (u1 * grad_u1).sum(-1, keepdim=True)) / sigma[..., :1].clamp_min(tiny)
+            grad_z_direct = vectors[..., :, 0].unsqueeze(-1) * grad_p.unsqueeze(-2)
+            grad_v1 = torch.einsum("bkd,bd->bk", z, grad_p)
+            extra = torch.zeros_like(vectors)
+            extra[..., :, 0] = grad_v1
+            grad_v = extra if grad_v is None else grad_v + extra
         inner = torch.zeros(vectors.shape, dtype=vectors.dtype, device=vectors.device)
         if grad_sigma is not None:
             # d sigma_j = v_j^T dG v_j / (2 sigma_j)
@@ -116,7 +126,9 @@ class GramSpectrum(torch.autograd.Function):
             inv_gap = gap / (gap * gap + ctx.gap_eps)
             inner = inner + inv_gap * (vectors.transpose(-1, -2) @ grad_v)
         grad_gram = vectors @ inner @ vectors.transpose(-1, -2)
-        grad_z = (grad_gram + grad_gram.transpose(-1, -2)) @ z
+        grad_z = torch.einsum("bij,bjd->bid", grad_gram + grad_gram.transpose(-1, -2), z)
+        if grad_z_direct is not None:
+            grad_z = grad_z + grad_z_direct
         return grad_z, None, None
 
 
@@ -154,9 +166,7 @@ def spectrum(z: torch.Tensor, *, gap_eps: float = DEFAULT_GAP_EPS, tie_tol: floa
                          f"d={z.shape[-1]}")
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = z.to(_decomposition_dtype(z.dtype))
-        sigma, vectors = GramSpectrum.apply(z, gap_eps, tie_tol)
-        v1 = vectors[..., :, 0]  # [B, k]
-        u1 = (v1.unsqueeze(-2) @ z).squeeze(-2) / sigma[..., :1].clamp_min(torch.finfo(z.dtype).tiny ** 0.5)
+        sigma, vectors, u1 = GramSpectrum.apply(z, gap_eps, tie_tol)
     if squeeze:
         return Spectrum(sigma[0], u1[0], vectors[0])
     return Spectrum(sigma, u1, vectors)

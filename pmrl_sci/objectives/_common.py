@@ -57,7 +57,9 @@ def stack_modalities(embeddings: Mapping[str, torch.Tensor], mask: MaskLike = No
                              f"{list(first.shape)}: all modalities need the same [B, d]")
     present = as_mask(mask, names, first.shape[0], first.device)
     z = torch.stack([embeddings[name] for name in names], dim=1)  # [B, k, d]
-    bad = present & ~torch.isfinite(z).all(dim=2)
+    # a NaN or inf anywhere in a row makes its norm non-finite: one [B, k] check instead of one over [B, k, d]
+    norms = torch.linalg.vector_norm(z, dim=2)
+    bad = present & ~torch.isfinite(norms)
     if bool(bad.any()):
         m = int(bad.any(dim=0).nonzero()[0, 0])
         rows = bad[:, m]
@@ -66,9 +68,27 @@ def stack_modalities(embeddings: Mapping[str, torch.Tensor], mask: MaskLike = No
                          "and the learning rate")
     if mask is not None and not bool(present.all()):
         z = torch.where(present.unsqueeze(2), z, torch.zeros((), dtype=z.dtype, device=z.device))
-    if normalize:
-        z = F.normalize(z, dim=-1)
+        norms = torch.where(present, norms, torch.ones((), dtype=norms.dtype, device=norms.device))
+    if normalize:  # as F.normalize (eps 1e-12), reusing the norms
+        z = _NormalizeRows.apply(z, norms)
     return names, z, present
+
+
+class _NormalizeRows(torch.autograd.Function):
+    """``x / max(||x||, 1e-12)`` along the last axis with a fused backward (3 passes instead of autograd's 8)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        scale = norms.clamp_min(1e-12).reciprocal().unsqueeze(-1)
+        y = x * scale
+        ctx.save_for_backward(y, scale, (norms > 1e-12).unsqueeze(-1))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        y, scale, above = ctx.saved_tensors
+        radial = (grad * y).sum(-1, keepdim=True) * above  # below eps the scale is constant: no radial part
+        return (grad - y * radial) * scale, None
 
 
 def as_mask(mask: MaskLike, names: list[str], batch: int, device: torch.device) -> torch.Tensor:
