@@ -242,7 +242,7 @@ def _check_trials(study: optuna.Study, n_trials: int) -> list[optuna.trial.Froze
     return trials
 
 
-@pytest.mark.slow  # ~40 s on 2 busy cores: two worker processes importing torch
+# two worker processes importing torch: about 40 s on 2 busy cores, part of the default suite (the issue asks for it)
 def test_two_workers_on_a_journal_file_then_resume(tmp_path: Path, abide_cache: Path) -> None:
     out, journal = tmp_path / "sweep", tmp_path / "study.log"
     args = ["abide", "--out", str(out), "--storage", f"journal://{journal}", "--n-trials", "3", "--pruner", "none",
