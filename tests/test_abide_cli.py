@@ -94,3 +94,15 @@ def test_abide_under_torchrun_two_cpu_ranks(tmp_path, cache_dir):
     assert [r["epoch"] for r in records] == [0, 1]  # written by rank 0 alone
     assert done.stdout.count("[pmrl_sci.abide] gram") == 1
     assert (out / "roc.png").is_file() and (out / "done" / "seed0.json").is_file()
+
+
+def test_same_seed_same_run_on_cpu(tmp_path, cache_dir):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        main([*TINY, "--cache-dir", str(cache_dir), "--out", str(out), "--modalities", "fmri", "smri", "text",
+              "--device", "cpu"])
+        runs.append([json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()])
+    losses = [[record["train_loss"] for record in run] for run in runs]
+    assert losses[0] == losses[1]
+    assert [r["val_auc"] for r in runs[0]] == [r["val_auc"] for r in runs[1]]
