@@ -4,7 +4,7 @@
   alignment objective, MLP head cross-entropy, backward, AdamW) of the default model on the synthetic scene.
 * ``map``: classify every pixel of a 349 x 1905 x 144 scene (random standardised values: the cost does not
   depend on them) with the dense strip path used for the classification map; wall time and peak resident-set
-  growth (Linux ``ru_maxrss`` of a forked child, so the parent's arrays are not counted twice). The per-patch path
+  growth (Linux ``VmHWM`` of a fresh spawned process, so the parent's arrays are not counted). The per-patch path
   is timed on a sample of pixels and extrapolated, for comparison. Target: under 5 minutes on 2 CPU cores.
 
     python benchmarks/bench_houston13.py --threads 2
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
+import multiprocessing
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -79,47 +79,46 @@ def bench_training(cfg: Houston13Config, steps: int) -> dict[str, float]:
     return {"train_patches_per_s": done / elapsed, "train_steps": steps, "batch_size": cfg.batch_size}
 
 
-def _map_child(cfg: Houston13Config, rows: int, cols: int, write_fd: int) -> None:
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _map_child(cfg: Houston13Config, rows: int, cols: int, threads: int) -> dict[str, float]:
+    """Run in a fresh spawned process: classify a random scene of ``rows x cols`` pixels."""
+    torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     hsi = rng.standard_normal((144, rows, cols), dtype=np.float32)
     lidar = rng.standard_normal((1, rows, cols), dtype=np.float32)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model, head = build_models(cfg, 144, 15, None)
+    with open("/proc/self/clear_refs", "w") as handle:  # reset the peak-RSS mark (VmHWM) to the current RSS
+        handle.write("5")
+    base = _rss_kib("VmRSS")
     start = time.perf_counter()
     prediction = predict_scene(model, head, hsi, lidar, "retrieval", LabelInputs(None), 15, cfg.patch_size,
                                torch.device("cpu"), cfg.map_tile_rows)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _rss_kib("VmHWM")
     sample = rng.choice(rows * cols, size=min(4096, rows * cols), replace=False)
     dataset = PatchDataset(hsi, lidar, sample // cols, sample % cols, None, cfg.patch_size)
     start = time.perf_counter()
     predict_pixels(model, head, dataset, ("retrieval",), LabelInputs(None), 15, torch.device("cpu"), 512)
     per_patch = (time.perf_counter() - start) / len(sample)
-    result = {"map_seconds": seconds, "map_pixels": rows * cols, "map_peak_rss_growth_mib": (peak - base) / 1024,
-              "scene_input_mib": (hsi.nbytes + lidar.nbytes) / 2**20, "classes_seen": int(len(np.unique(prediction))),
-              "per_patch_path_seconds_extrapolated": per_patch * rows * cols}
-    os.write(write_fd, json.dumps(result).encode())
-    os._exit(0)
+    return {"map_seconds": seconds, "map_pixels": rows * cols, "map_peak_rss_growth_mib": (peak - base) / 1024,
+            "scene_input_mib": (hsi.nbytes + lidar.nbytes) / 2**20, "classes_seen": int(len(np.unique(prediction))),
+            "per_patch_path_seconds_extrapolated": per_patch * rows * cols,
+            "per_patch_over_dense_ratio": per_patch * rows * cols / seconds}
 
 
 def bench_map(cfg: Houston13Config, rows: int, cols: int) -> dict[str, float]:
-    """Time and peak memory of classifying every pixel (run in a forked child for a clean ``ru_maxrss``)."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        try:
-            _map_child(cfg, rows, cols, write_fd)
-        finally:
-            os._exit(1)
-    os.close(write_fd)
-    chunks = []
-    while chunk := os.read(read_fd, 65536):
-        chunks.append(chunk)
-    os.waitpid(pid, 0)
-    if not chunks:
-        raise RuntimeError("the classification-map benchmark child failed")
-    return json.loads(b"".join(chunks))
+    """Time and peak memory of classifying every pixel, in a fresh spawned process (a forked one can hang in
+    OpenMP, and its peak RSS would include the parent's)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_map_child, cfg, rows, cols, torch.get_num_threads()).result()
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
