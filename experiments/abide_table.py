@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pmrl_sci.tables import (
+from pmrl_sci.experiments import (
     Method,
     describe_methods,
     experiment_parser,

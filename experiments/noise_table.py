@@ -25,18 +25,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pmrl_sci.tables import (
+from pmrl_sci.experiments import (
     Method,
     MethodOutcome,
-    TableRow,
-    check_same_units,
-    collect_table,
     describe_methods,
     experiment_parser,
     outcome_notes,
     report_outcomes,
     run_methods,
     shared_front_end_args,
+)
+from pmrl_sci.tables import (
+    TableRow,
+    check_same_units,
+    collect_table,
     write_table,
 )
 

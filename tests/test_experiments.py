@@ -10,15 +10,17 @@ import pytest
 import torch
 
 from pmrl_sci.analysis import analyse_runs, epoch_series, load_run, modality_contribution, pooled_test_sigma
+from pmrl_sci.experiments import (
+    Method,
+    run_methods,
+)
 from pmrl_sci.noise import add_input_noise, flip_labels
 from pmrl_sci.tables import (
-    Method,
     TableRow,
     check_same_units,
     collect_table,
     format_mean_std,
     markdown_table,
-    run_methods,
     write_table,
 )
 

@@ -1,0 +1,242 @@
+"""Experiments as one command: one front-end run per method, each in its own sub-folder, then the table.
+
+Used by the scripts in ``experiments/`` (the ABIDE table, noise robustness, ablations): every method runs
+``pmrl_sci.abide.main(argv)`` in-process with the same seeds and splits into ``<out>/<method>``, so a rerun with
+the same ``--out`` resumes finished trials; :func:`write_outcome_table` then writes the Markdown/CSV table with
+:mod:`pmrl_sci.tables`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pmrl_sci.tables import DEFAULT_METRICS, TableRow, check_same_units, collect_table, write_table
+
+#: Options of ``python -m pmrl_sci.abide`` for a smoke-sized run (``--quick``): a 36-subject
+#: generated cohort on 2 sites, the 97-region TT atlas, 2 epochs.
+QUICK_ARGS: tuple[str, ...] = ("--default-subjects", "36", "--default-sites", "2", "--atlas", "tt", "--epochs", "2",
+                               "--batch-size", "8", "--embed-dim", "32")
+
+#: Resolved options that must agree between a sub-folder's stored config.json and a rerun (anything
+#: else, such as --seeds, --device or --cache-dir, may change: the front end resumes finished units).
+RESUME_KEYS: tuple[str, ...] = (
+    "model", "objective", "data_dir", "atlas", "default_subjects", "default_sites", "split", "folds", "epochs",
+    "patience", "batch_size", "lr", "weight_decay", "embed_dim", "dropout", "tau1", "tau2", "lambda1",
+    "instance_term", "rank", "temperature", "anchor", "align_weight", "classification_weight", "gram_contrastive",
+    "input_noise", "label_noise", "combat", "fmri_channels", "text_model")
+
+
+@dataclass
+class Method:
+    """One row of an experiment: a front-end run with its own options.
+
+    Parameters
+    ----------
+    name : str
+        Sub-folder of the experiment's output folder (letters, digits, ``-``, ``_``, ``.``; ``/``
+        for nested folders).
+    label : str
+        Row label in the table.
+    args : list of str
+        Options given to the front end for this method (after the shared ones, so they win).
+    requires : tuple of str
+        Option strings the front end must support (e.g. ``--model``); without them the method is
+        skipped and the table says why.
+    columns : dict of str to str
+        Extra table columns for this row (e.g. the noise condition).
+    """
+
+    name: str
+    label: str
+    args: list[str] = field(default_factory=list)
+    requires: tuple[str, ...] = ()
+    columns: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        parts = self.name.split("/")
+        if not all(parts) or any(p in (".", "..") for p in parts) or not all(
+                c.isalnum() or c in "-_./" for c in self.name):
+            raise ValueError(f"method name {self.name!r}: expected a relative folder name of letters, digits, "
+                             "'-', '_', '.' and '/'")
+
+
+@dataclass
+class MethodOutcome:
+    """What happened to one method: ``status`` is ``"done"``, ``"skipped"`` or ``"failed"``."""
+
+    method: Method
+    path: Path
+    status: str
+    message: str = ""
+    argv: list[str] = field(default_factory=list)
+
+
+def front_end_options(parser: Any) -> set[str]:
+    """Option strings an :class:`argparse.ArgumentParser` accepts."""
+    return {s for action in parser._actions for s in action.option_strings}
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, list):
+        return sorted(map(str, value))
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def resume_conflicts(parser: Any, argv: Sequence[str], folder: Path) -> list[str]:
+    """Options of ``argv`` that differ from the ``config.json`` already in ``folder`` (see :data:`RESUME_KEYS`)."""
+    stored_file = folder / "config.json"
+    if not stored_file.is_file():
+        return []
+    from pmrl_sci.config import parse_args_with_config
+
+    try:
+        stored = json.loads(stored_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return [f"{stored_file} is not valid JSON"]
+    asked = vars(parse_args_with_config(parser, list(argv)))
+    return [f"{key}: stored {stored[key]!r}, asked {asked[key]!r}" for key in RESUME_KEYS
+            if key in stored and key in asked and _normalise(stored[key]) != _normalise(asked[key])]
+
+
+def run_methods(methods: Sequence[Method], out_dir: str | os.PathLike[str], shared_args: Sequence[str],
+                main: Any = None, build_parser: Any = None) -> list[MethodOutcome]:
+    """Run the front end once per method, in ``<out_dir>/<method.name>``, and report each outcome.
+
+    Parameters
+    ----------
+    methods : sequence of Method
+        In order. Names must be unique.
+    out_dir : path-like
+        The experiment folder. A rerun with the same folder resumes: the front end skips finished
+        units. A sub-folder made with different training options is not reused (the outcome is
+        ``failed`` and names the differing options).
+    shared_args : sequence of str
+        Options given to every method (seeds, data, quick preset, user extras), before the
+        method's own.
+    main, build_parser : callable, optional
+        The front end's ``main(argv)`` and ``build_parser()``; default :mod:`pmrl_sci.abide`.
+
+    Notes
+    -----
+    A method that raises (or whose front end exits with an error) is recorded as ``failed`` and
+    the others still run.
+    """
+    if main is None or build_parser is None:
+        from pmrl_sci import abide
+
+        main = main or abide.main
+        build_parser = build_parser or abide.build_parser
+    names = [m.name for m in methods]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"method names must be unique, repeated: {duplicates}")
+    supported = front_end_options(build_parser())
+    outcomes = []
+    for method in methods:
+        folder = Path(out_dir) / method.name
+        argv = [*shared_args, *method.args, "--out", str(folder)]
+        lacking = [flag for flag in method.requires if flag not in supported]
+        if lacking:
+            outcomes.append(MethodOutcome(method, folder, "skipped",
+                                          f"the front end has no {', '.join(lacking)} option", argv))
+            continue
+        conflicts = resume_conflicts(build_parser(), argv, folder)
+        if conflicts:
+            outcomes.append(MethodOutcome(method, folder, "failed",
+                                          f"{folder} holds a run with other options ({'; '.join(conflicts)}): "
+                                          "use another --out or remove that folder", argv))
+            continue
+        print(f"[experiment] {method.label}: {' '.join(argv)}", flush=True)
+        try:
+            main(argv)
+        except SystemExit as exc:  # the front end's parser.error / parser.exit
+            outcomes.append(MethodOutcome(method, folder, "failed", f"front end exited with status {exc.code}", argv))
+            continue
+        except Exception as exc:  # noqa: BLE001 - one failing method must not lose the others' runs
+            outcomes.append(MethodOutcome(method, folder, "failed", f"{type(exc).__name__}: {exc}", argv))
+            continue
+        outcomes.append(MethodOutcome(method, folder, "done", "", argv))
+    return outcomes
+
+
+def outcome_notes(outcomes: Sequence[MethodOutcome]) -> list[str]:
+    """One line per method that was skipped or failed."""
+    return [f"{o.method.label}: {o.status} ({o.message})" for o in outcomes if o.status != "done"]
+
+
+def write_outcome_table(outcomes: Sequence[MethodOutcome], out_dir: str | os.PathLike[str], name: str = "table",
+                        title: str | None = None, extra: Sequence[str] = (),
+                        reference: Mapping[Any, Mapping[str, str]] | None = None,
+                        metrics: Mapping[str, str] = DEFAULT_METRICS) -> tuple[Path, Path] | None:
+    """Table of the finished methods (skipped and failed ones listed under it); None if none finished.
+
+    Also warns, under the table, when the rows were not run on the same trials and split sizes.
+    """
+    rows = [TableRow(o.method.label, o.path, dict(o.method.columns)) for o in outcomes if o.status == "done"]
+    if not rows:
+        return None
+    notes = outcome_notes(outcomes)
+    notes += [f"different splits: {p}" for p in check_same_units(rows)]
+    table = collect_table(rows, tuple(metrics))
+    return write_table(table, out_dir, name, title=title, notes=notes, extra=extra, reference=reference,
+                       metrics=metrics)
+
+
+def experiment_parser(description: str, default_out: str) -> Any:
+    """Options shared by the experiment scripts; options it does not know go to every front-end run."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Any other option (e.g. --data-dir, --atlas cc200, --epochs 200, --device "
+                                            "cuda) is passed to python -m pmrl_sci.abide for every method.")
+    parser.add_argument("--out", default=default_out,
+                        help=f"experiment folder, a sub-folder per method; reuse it to resume (default {default_out})")
+    parser.add_argument("--seeds", type=int, default=None, help="trials per method (default 5; 2 with --quick)")
+    parser.add_argument("--seed-offset", type=int, default=0, help="first seed (the same for every method)")
+    parser.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                        help="run only these methods (sub-folder names; see --list)")
+    parser.add_argument("--list", action="store_true", help="print the methods and their options, then exit")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke-sized runs: " + " ".join(QUICK_ARGS) + " (explicit options still win)")
+    parser.add_argument("--no-figures", dest="figures", action="store_false", help="write the table only")
+    return parser
+
+
+def shared_front_end_args(args: Any, forward: Sequence[str]) -> list[str]:
+    """Front-end options common to every method: quick preset, seeds, then the user's extra options."""
+    seeds = args.seeds if args.seeds is not None else (2 if args.quick else 5)
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    return [*(QUICK_ARGS if args.quick else ()), "--seeds", str(seeds), "--seed-offset", str(args.seed_offset),
+            *forward]
+
+
+def select_methods(methods: Sequence[Method], names: Sequence[str] | None) -> list[Method]:
+    """The methods named in ``names`` (all when None), in their original order."""
+    if not names:
+        return list(methods)
+    known = {m.name for m in methods}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"--methods: unknown {unknown}; expected some of {sorted(known)}")
+    return [m for m in methods if m.name in set(names)]
+
+
+def report_outcomes(outcomes: Sequence[MethodOutcome]) -> int:
+    """Print one status line per method; 1 when any method failed, else 0 (skipped is not a failure)."""
+    for o in outcomes:
+        print(f"[experiment] {o.method.label:32s} {o.status:8s} {o.path}" + (f"  ({o.message})" if o.message else ""))
+    return int(any(o.status == "failed" for o in outcomes))
+
+
+def describe_methods(methods: Sequence[Method]) -> str:
+    """``name  label  options`` per line (for ``--list``)."""
+    return "\n".join(f"{m.name:28s} {m.label:32s} {' '.join(m.args)}"
+                     + (f"   [needs {', '.join(m.requires)}]" if m.requires else "") for m in methods)
