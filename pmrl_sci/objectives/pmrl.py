@@ -20,31 +20,43 @@ from pmrl_sci.registry import register_objective
 from pmrl_sci.spectral import spectrum
 
 
-def signed_leading_value(sigma: torch.Tensor, v: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """sigma_1 * (1^T v_1) / sqrt(k_i) = u_1 . (sum_m z^m) / sqrt(k_i), per instance ``[B]``.
+def sign_aware_values(z: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """The sign-aware counterpart of the singular values, ``[B, k]``.
 
-    Singular values cannot tell a modality from its negation (flipping the sign of a column of
-    Z leaves every sigma unchanged), so sigma_1 = sqrt(k) is also reached with some modalities
-    anti-parallel to the others. This value equals sigma_1 when the modalities agree in sign and
-    reaches sqrt(k) only when all embeddings are equal; anti-parallel modalities lower it.
+    Singular values cannot tell a modality from its negation (negating a column of Z leaves every
+    sigma unchanged), so sigma_1 = sqrt(k) is also reached with modalities anti-parallel to each
+    other. Here the leading value is the energy along the mean embedding, sqrt(k) ||mean_m z^m||
+    (= ||sum_m z^m|| / sqrt(k), at most sigma_1, and sqrt(k) exactly when every embedding is the
+    same), and the others are the singular values of the residual Z - mean 1^T (rank <= k - 1).
+    The squares still add up to k, so a softmax over them rewards exactly what full, same-sign
+    alignment means, and its gradient always pulls the modalities together. With missing
+    modalities the mean is over the present ones (k_i of them).
+
+    Parameters
+    ----------
+    z : Tensor [B, k, d]
+        Unit-norm embeddings, zero rows where missing.
+    present : Tensor [B, k] of bool
     """
-    n_present = present.sum(dim=1).clamp_min(1).to(sigma.dtype)
-    return sigma[:, 0] * v[:, :, 0].sum(dim=1) / n_present.sqrt()
+    n_present = present.sum(dim=1).clamp_min(1).to(z.dtype)
+    mean = z.sum(dim=1) / n_present.unsqueeze(1)
+    # sqrt with a tiny floor: the gradient stays finite when the modalities cancel exactly
+    leading = torch.sqrt((mean * mean).sum(dim=-1) * n_present + 1e-12)
+    residual = (z - mean.unsqueeze(1)) * present.unsqueeze(-1).to(z.dtype)
+    rest = spectrum(residual).sigma[:, :-1]  # the residual has rank <= k_i - 1
+    return torch.cat([leading.unsqueeze(1), rest], dim=1)
 
 
-def pmrl_alignment_loss(sigma: torch.Tensor, present: torch.Tensor, tau1: float, rank: int = 1,
-                        leading: torch.Tensor | None = None) -> torch.Tensor:
+def pmrl_alignment_loss(sigma: torch.Tensor, present: torch.Tensor, tau1: float, rank: int = 1) -> torch.Tensor:
     """L_M: cross-entropy over singular values as logits, target the leading ``rank`` values.
 
     ``-log sum_{j<rank} softmax(sigma / tau1)_j`` averaged over instances with at least two
     present modalities; ``rank=1`` is the paper's L_M, ``rank=2`` its higher-rank ablation.
     Singular values of missing modalities (exactly zero, at the end) are left out of the softmax.
-    ``leading`` replaces sigma_1 in the logits (the sign-aware variant).
+    ``sigma`` may also be the output of :func:`sign_aware_values`.
     """
     n_present = present.sum(dim=1)
     k = sigma.shape[1]
-    if leading is not None:
-        sigma = torch.cat([leading.unsqueeze(1), sigma[:, 1:]], dim=1)
     valid_entry = torch.arange(k, device=sigma.device).unsqueeze(0) < n_present.unsqueeze(1)
     logits = (sigma / tau1).masked_fill(~valid_entry, float("-inf"))
     log_p = torch.log_softmax(logits, dim=1)
@@ -105,7 +117,7 @@ class PMRLObjective(nn.Module):
         1 for the paper's objective; 2 for the higher-rank ablation that maximises the
         softmax mass of sigma_1 and sigma_2 together.
     sign_aware : bool
-        Replace sigma_1 in L_M by u_1 . (sum_m z^m) / sqrt(k) (see :func:`signed_leading_value`).
+        Use :func:`sign_aware_values` in L_M in place of the singular values.
         The paper's L_M (False, the default) is blind to the sign of each modality: trained
         from scratch, a modality can align anti-parallel to the others and still give
         sigma_1 = sqrt(k), which breaks cross-modal retrieval by cosine. With pre-trained,
@@ -141,8 +153,8 @@ class PMRLObjective(nn.Module):
         """Loss and its parts for a ``{modality: [B, d]}`` dict."""
         _, z, present = stack_modalities(embeddings, mask)
         spec = spectrum(z)
-        leading = signed_leading_value(spec.sigma, spec.v, present) if self.sign_aware else None
-        alignment = pmrl_alignment_loss(spec.sigma, present, self.tau1, self.rank, leading)
+        values = sign_aware_values(z, present) if self.sign_aware else spec.sigma
+        alignment = pmrl_alignment_loss(values, present, self.tau1, self.rank)
         u1, valid, full = spec.u1, present.any(dim=1), present.all(dim=1)
         if gather_active(self.gather):
             alignment, sigma1, u1, valid = _global_batch_terms(alignment, spec.sigma, u1, present, self.rank)
