@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     obj.add_argument("--rank", type=int, default=d.rank, help="PMRL: 2 for the sigma_1 + sigma_2 ablation")
     obj.add_argument("--no-sign-aware", dest="sign_aware", action="store_false",
                      help="PMRL: use the paper's sign-blind L_M (sigma_1 is the same when a modality is negated); "
-                            "by default sigma_1 is replaced by u1 . sum(z) / sqrt(k), which only full, "
-                            "same-sign alignment maximises")
+                            "by default the leading value is the energy along the mean embedding, which only "
+                            "full, same-sign alignment maximises")
     obj.add_argument("--temperature", type=float, default=d.temperature, help="GRAM/VAST: initial temperature")
     obj.add_argument("--anchor", default=d.anchor, help="GRAM/VAST anchor modality (default: the last, text)")
     obj.add_argument("--gram-volume-only", dest="gram_contrastive", action="store_false",

@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--lambda1", type=float, default=d.lambda1, help="PMRL: weight of the instance-wise term")
     model.add_argument("--no-sign-aware", dest="sign_aware", action="store_false",
                        help="PMRL: use the paper's sign-blind L_M (sigma_1 is the same when a modality is negated); "
-                            "by default sigma_1 is replaced by u1 . sum(z) / sqrt(k), which only full, "
-                            "same-sign alignment maximises")
+                            "by default the leading value is the energy along the mean embedding, which only "
+                            "full, same-sign alignment maximises")
     model.add_argument("--temperature", type=float, default=d.temperature,
                        help="GRAM/VAST: initial (learnable) temperature")
     model.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
