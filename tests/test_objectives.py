@@ -191,3 +191,21 @@ def test_sign_aware_pmrl_aligns_modalities_with_positive_cosine():
     paper, signed = _pair_cosines_after_training(False), _pair_cosines_after_training(True)
     assert int((paper < 0).sum()) >= 10  # the paper's L_M leaves many modality pairs anti-parallel
     assert int((signed < 0).sum()) <= 5 and signed.mean() > 0.6
+
+
+def test_sign_aware_values_energy_and_gradient_direction():
+    from pmrl_sci.objectives.pmrl import sign_aware_values
+
+    z = F.normalize(torch.randn(6, 3, 10, generator=torch.Generator().manual_seed(1)), dim=-1)
+    present = torch.ones(6, 3, dtype=torch.bool)
+    values = sign_aware_values(z, present)
+    assert torch.allclose((values ** 2).sum(1), torch.full((6,), 3.0), atol=1e-4)
+    assert torch.all(values[:, 0] <= torch.linalg.svdvals(z)[:, 0] + 1e-5)
+    aligned = sign_aware_values(z[:, :1].expand(-1, 3, -1), present)
+    assert torch.allclose(aligned[:, 0], torch.full((6,), 3 ** 0.5), atol=1e-5)
+    # two modalities with a negative cosine: the loss must pull them together (the cosine rises)
+    a = torch.tensor([[1.0, 0.0, 0.0]])
+    b = torch.nn.Parameter(torch.tensor([[-0.6, 0.8, 0.0]]))
+    objective = build_objective("pmrl", instance_term=False, sign_aware=True)
+    objective({"a": a, "b": b})["loss"].backward()
+    assert b.grad[0, 0] < 0  # gradient descent moves b towards a
