@@ -16,18 +16,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from pmrl_sci.experiments import (
-    Method,
-    describe_methods,
-    experiment_parser,
-    report_outcomes,
-    run_methods,
-    select_methods,
-    shared_front_end_args,
-    write_outcome_table,
-)
+from pmrl_sci.experiments import Method, table_experiment_main
 
 #: The paper's Table 4 (AUC / ACC, %), shown next to the measured numbers.
 PAPER_TABLE4 = {
@@ -54,31 +44,10 @@ METHODS = [
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; returns the exit status (1 when a method failed)."""
-    parser = experiment_parser(__doc__, "runs/abide-table4")
-    args, forward = parser.parse_known_args(argv)
-    try:
-        methods = select_methods(METHODS, args.methods)
-        shared = shared_front_end_args(args, forward)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.list:
-        print(describe_methods(methods))
-        return 0
-    outcomes = run_methods(methods, args.out, shared)
-    written = write_outcome_table(outcomes, args.out, "table", title="ABIDE: autism vs control (test set)",
-                                  reference=PAPER_TABLE4)
-    if written and args.figures:
-        from pmrl_sci.analysis import analyse_runs
-
-        report = analyse_runs({o.method.label: o.path for o in outcomes if o.status == "done"},
-                              Path(args.out) / "figures")
-        for figure, reason in report.missing.items():
-            print(f"[experiment] figure {figure} not written: {reason}")
-    status = report_outcomes(outcomes)
-    if written:
-        print(f"[experiment] table: {written[0]} and {written[1]}")
-    return status
+    """Run the benchmark; returns the exit status (1 when a row failed)."""
+    return table_experiment_main(METHODS, argv, description=__doc__, default_out="runs/abide-table4",
+                                 title="ABIDE: autism vs control (test set)",
+                                 reference=PAPER_TABLE4)
 
 
 if __name__ == "__main__":

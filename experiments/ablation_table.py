@@ -18,18 +18,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from pmrl_sci.experiments import (
-    Method,
-    describe_methods,
-    experiment_parser,
-    report_outcomes,
-    run_methods,
-    select_methods,
-    shared_front_end_args,
-    write_outcome_table,
-)
+from pmrl_sci.experiments import Method, table_experiment_main
 
 METHODS = [
     Method("pmrl", "PMRL", ["--objective", "pmrl"]),
@@ -45,29 +35,8 @@ METHODS = [
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ablations; returns the exit status (1 when a row failed)."""
-    parser = experiment_parser(__doc__, "runs/abide-ablation")
-    args, forward = parser.parse_known_args(argv)
-    try:
-        methods = select_methods(METHODS, args.methods)
-        shared = shared_front_end_args(args, forward)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.list:
-        print(describe_methods(methods))
-        return 0
-    outcomes = run_methods(methods, args.out, shared)
-    written = write_outcome_table(outcomes, args.out, "table", title="ABIDE ablations (test set)")
-    if written and args.figures:
-        from pmrl_sci.analysis import analyse_runs
-
-        report = analyse_runs({o.method.label: o.path for o in outcomes if o.status == "done"},
-                              Path(args.out) / "figures")
-        for figure, reason in report.missing.items():
-            print(f"[experiment] figure {figure} not written: {reason}")
-    status = report_outcomes(outcomes)
-    if written:
-        print(f"[experiment] table: {written[0]} and {written[1]}")
-    return status
+    return table_experiment_main(METHODS, argv, description=__doc__, default_out="runs/abide-ablation",
+                                 title="ABIDE ablations (test set)")
 
 
 if __name__ == "__main__":

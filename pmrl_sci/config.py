@@ -21,17 +21,25 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
                              "flags given on the command line override them")
 
 
-def load_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """Read a YAML mapping and check its keys against the parser's options."""
+def read_yaml_mapping(path: str | Path, what: str = "config file", error: type[Exception] = ValueError
+                      ) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (empty file: ``{}``); ``error`` names the file and the problem."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise error(f"{what} {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"config file {path}: not valid YAML ({exc})") from None
+        raise error(f"{what} {path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path}: expected a mapping of option: value, got {type(data).__name__}")
+        raise error(f"{what} {path}: expected a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Read a YAML mapping and check its keys against the parser's options."""
+    path = Path(path)
+    data = read_yaml_mapping(path)
     known = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
     values: dict[str, Any] = {}
     for key, value in data.items():

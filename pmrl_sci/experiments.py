@@ -240,3 +240,35 @@ def describe_methods(methods: Sequence[Method]) -> str:
     """``name  label  options`` per line (for ``--list``)."""
     return "\n".join(f"{m.name:28s} {m.label:32s} {' '.join(m.args)}"
                      + (f"   [needs {', '.join(m.requires)}]" if m.requires else "") for m in methods)
+
+
+def table_experiment_main(methods_catalog: Sequence[Method], argv: Sequence[str] | None, *, description: str,
+                          default_out: str, title: str,
+                          reference: Mapping[Any, Mapping[str, str]] | None = None) -> int:
+    """The whole of a one-table experiment script: parse, run every selected method, write table and figures.
+
+    Returns the exit status (1 when a method failed), as :func:`report_outcomes`.
+    """
+    parser = experiment_parser(description, default_out)
+    args, forward = parser.parse_known_args(argv)
+    try:
+        methods = select_methods(methods_catalog, args.methods)
+        shared = shared_front_end_args(args, forward)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.list:
+        print(describe_methods(methods))
+        return 0
+    outcomes = run_methods(methods, args.out, shared)
+    written = write_outcome_table(outcomes, args.out, "table", title=title, reference=reference)
+    if written and args.figures:
+        from pmrl_sci.analysis import analyse_runs
+
+        report = analyse_runs({o.method.label: o.path for o in outcomes if o.status == "done"},
+                              Path(args.out) / "figures")
+        for figure, reason in report.missing.items():
+            print(f"[experiment] figure {figure} not written: {reason}")
+    status = report_outcomes(outcomes)
+    if written:
+        print(f"[experiment] table: {written[0]} and {written[1]}")
+    return status

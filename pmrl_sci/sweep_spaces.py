@@ -25,8 +25,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 KINDS = ("float", "int", "categorical")
 _PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
 _SPACE_KEYS = {"fixed", "params", "inherit"}
@@ -212,15 +210,10 @@ def default_space(front_end: str) -> SearchSpace:
 
 def load_space(path: str | Path, front_end: str) -> SearchSpace:
     """Read a space file, merged onto the default space of ``front_end`` unless it says ``inherit: false``."""
+    from pmrl_sci.config import read_yaml_mapping
+
     path = Path(path)
-    if not path.is_file():
-        raise SpaceError(f"search space file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, Mapping):
-        raise SpaceError(f"{path}: expected a mapping with 'params' and/or 'fixed', got {type(data).__name__}")
+    data = read_yaml_mapping(path, "search space file", SpaceError)
     unknown = sorted(set(map(str, data)) - _SPACE_KEYS)
     if unknown:
         raise SpaceError(f"{path}: unknown top-level key(s) {unknown}; expected some of {sorted(_SPACE_KEYS)}")

@@ -74,7 +74,6 @@ class MultimodalModel(nn.Module):
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Encode every modality present in ``batch``."""
-        unknown = [key for key in batch if key not in self.encoders and not str(key).startswith("_")]
         embeddings: dict[str, torch.Tensor] = {}
         for name, encoder in self.encoders.items():
             if name not in batch:
@@ -87,8 +86,7 @@ class MultimodalModel(nn.Module):
         if not embeddings:
             raise ValueError(f"the batch holds none of the model's modalities {self.modalities}; "
                              f"it has {sorted(map(str, batch))}")
-        del unknown  # extra keys (labels, masks, ids) are allowed
-        return embeddings
+        return embeddings  # other keys (labels, masks, ids) are ignored
 
 
 def fuse_mean(embeddings: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None = None,

@@ -96,3 +96,11 @@ def test_broken_plugin_is_skipped_with_a_warning(tmp_path, monkeypatch, caplog):
     finally:
         for name in ("outside_self_registered",):
             ENCODERS._factories.pop(name, None)
+
+
+def test_heads_are_built_by_name():
+    from pmrl_sci.registry import build_head, list_heads
+
+    assert {"mlp", "linear"} <= set(list_heads())
+    head = build_head("mlp", in_features=8, num_classes=3, num_layers=3)
+    assert head(torch.randn(4, 8)).shape == (4, 3)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pmrl_sci.encoders.base import Encoder, InputSpec
+from pmrl_sci.encoders.base import Encoder, InputSpec, pooled_output
 from pmrl_sci.encoders.vision import ConvBackbone
 from pmrl_sci.registry import register_encoder
 
@@ -179,10 +179,7 @@ class HFAudioBackbone(nn.Module):
             if self.normalise:
                 x = (x - x.mean(dim=-1, keepdim=True)) / torch.sqrt(x.var(dim=-1, keepdim=True) + 1e-7)
             output = self.model(input_values=x)
-        pooled = getattr(output, "pooler_output", None)
-        if pooled is None:
-            pooled = output.last_hidden_state.mean(dim=1)
-        return pooled.flatten(1)
+        return pooled_output(output)
 
 
 @register_encoder("audio")

@@ -71,3 +71,11 @@ class Encoder(torch.nn.Module):
     def check_input(self, value: Any, modality: str = "input") -> None:
         """Validate ``value`` against :attr:`input_spec`."""
         self.input_spec.check(value, modality)
+
+
+def pooled_output(output: Any) -> torch.Tensor:
+    """A ``transformers`` model output as ``[batch, hidden]``: its pooler output, else the mean over tokens."""
+    pooled = getattr(output, "pooler_output", None)
+    if pooled is None:
+        pooled = output.last_hidden_state.mean(dim=1)
+    return pooled.flatten(1)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pmrl_sci.encoders.base import Encoder, InputSpec
+from pmrl_sci.encoders.base import Encoder, InputSpec, pooled_output
 from pmrl_sci.registry import register_encoder
 
 
@@ -116,10 +116,7 @@ class HFVisionBackbone(nn.Module):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std
         output = self.model(pixel_values=x)
-        pooled = getattr(output, "pooler_output", None)
-        if pooled is None:
-            pooled = output.last_hidden_state.mean(dim=1)
-        return pooled.flatten(1)
+        return pooled_output(output)
 
 
 @register_encoder("vision")

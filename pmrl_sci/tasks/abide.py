@@ -19,7 +19,7 @@ import copy
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,11 +29,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pmrl_sci.heads import MLPClassifier
 from pmrl_sci.metrics import binary_classification_metrics, roc_points
 from pmrl_sci.objectives import build_objective
 from pmrl_sci.pipelines.abide.cohort import AbideCohort, load_abide_cohort
-from pmrl_sci.registry import build_encoder
+from pmrl_sci.registry import build_encoder, build_head
 from pmrl_sci.runs import RunFolder, summarize
 from pmrl_sci.spectral import spectrum
 
@@ -231,7 +230,8 @@ class AbideModel(nn.Module):
     def __init__(self, encoders: Mapping[str, nn.Module], embed_dim: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.backbone = MultimodalModel(encoders)
-        self.classifier = MLPClassifier(embed_dim, 2, hidden_dim=embed_dim, num_layers=3, dropout=dropout)
+        self.classifier = build_head("mlp", in_features=embed_dim, num_classes=2, hidden_dim=embed_dim, num_layers=3,
+                                     dropout=dropout)
 
     def forward(self, inputs: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor]
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -619,17 +619,3 @@ def _run_abide(config: AbideConfig, dist_info: DistInfo) -> dict[str, Any]:
     plot_roc_curves(run, [(r["unit"], r.get("roc")) for r in results])
     plot_singular_values(run, run.read_metrics())
     return summary
-
-
-def config_from_mapping(values: Mapping[str, Any]) -> AbideConfig:
-    """An :class:`AbideConfig` from a mapping (unknown keys are an error)."""
-    names = {f.name for f in dataclasses.fields(AbideConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown ABIDE options: {unknown}")
-    return AbideConfig(**dict(values))
-
-
-def summarize_units(results: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
-    """Mean and standard deviation of ``key`` over units."""
-    return summarize([r[key] for r in results])
