@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from pmrl_sci.pipelines.abide.cohort import load_abide_cohort
-    from pmrl_sci.pipelines.abide.generator import generate_abide_like
-    from pmrl_sci.pipelines.splits import bnt_split
+    from pmrl_sci.data.abide.cohort import load_abide_cohort
+    from pmrl_sci.data.abide.generator import generate_abide_like
+    from pmrl_sci.data.splits import bnt_split
     from pmrl_sci.runs import RunFolder
     from pmrl_sci.tasks.abide import AbideConfig, train_unit
 

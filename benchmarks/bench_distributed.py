@@ -48,8 +48,8 @@ def _build(args: argparse.Namespace) -> tuple[nn.Module, Callable[[int, torch.de
             return {m: torch.randn(n, args.features, device=device) for m in encoders}
 
         return MultimodalModel(encoders), inputs
-    from pmrl_sci.pipelines.houston13.training import ClassEmbedding
     from pmrl_sci.registry import build_encoder
+    from pmrl_sci.tasks.houston13 import ClassEmbedding
 
     bands, patch = 144, args.patch
     model = MultimodalModel({

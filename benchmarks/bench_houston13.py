@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pmrl_sci.pipelines.houston13 import (
+from pmrl_sci.data.houston13 import (
     PatchDataset,
     SyntheticSceneConfig,
     fit_band_stats,
@@ -35,7 +35,7 @@ from pmrl_sci.pipelines.houston13 import (
     standardize_scene,
     write_synthetic_houston13,
 )
-from pmrl_sci.pipelines.houston13.training import (
+from pmrl_sci.tasks.houston13 import (
     Houston13Config,
     LabelInputs,
     build_alignment,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from pmrl_sci.experiments import Method, table_experiment_main
+from pmrl_sci.tasks.abide_methods import Method, table_experiment_main
 
 #: The paper's Table 4 (AUC / ACC, %), shown next to the measured numbers.
 PAPER_TABLE4 = {

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from pmrl_sci.experiments import Method, table_experiment_main
+from pmrl_sci.tasks.abide_methods import Method, table_experiment_main
 
 METHODS = [
     Method("pmrl", "PMRL", ["--objective", "pmrl"]),

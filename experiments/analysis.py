@@ -1,4 +1,4 @@
-"""Spectral analysis figures for a set of run folders (see :mod:`pmrl_sci.analysis`).
+"""Spectral analysis figures for a set of run folders (see :mod:`pmrl_sci.reports.spectral_analysis`).
 
 Each run is ``NAME=FOLDER`` (or a folder, named after itself). Writes into ``--out``:
 ``singular_values_by_method.png`` (sigma_1..sigma_k per epoch, one panel per run),
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pmrl_sci.analysis import analyse_runs
+from pmrl_sci.reports.spectral_analysis import analyse_runs
 
 
 def parse_runs(items: Sequence[str]) -> dict[str, Path]:

@@ -25,7 +25,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pmrl_sci.experiments import (
+from pmrl_sci.reports.tables import (
+    TableRow,
+    check_same_units,
+    collect_table,
+    write_table,
+)
+from pmrl_sci.tasks.abide_methods import (
     Method,
     MethodOutcome,
     describe_methods,
@@ -34,12 +40,6 @@ from pmrl_sci.experiments import (
     report_outcomes,
     run_methods,
     shared_front_end_args,
-)
-from pmrl_sci.tables import (
-    TableRow,
-    check_same_units,
-    collect_table,
-    write_table,
 )
 
 OBJECTIVES = {"vast": "VAST", "gram": "GRAM", "pmrl": "PMRL"}
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             written += write_table(sweep, args.out, "sweep", title="ABIDE noise sweep (test set)",
                                    extra=("noise", "level"), metrics=METRICS, notes=notes)
             if args.figures:
-                from pmrl_sci.analysis import plot_metric_curves
+                from pmrl_sci.reports.spectral_analysis import plot_metric_curves
                 from pmrl_sci.runs import RunFolder
 
                 path = plot_metric_curves(sweep, RunFolder(Path(args.out)), x="level", panel="noise", metrics=METRICS,

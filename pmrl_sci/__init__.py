@@ -7,8 +7,9 @@ spectral, objectives
     (PMRL, GRAM, VAST, instance matching, classification).
 encoders
     One module per encoder family, each registered by name.
-pipelines
-    Readers for on-disk formats, preprocessing, splits and embedded data generators.
+data
+    The data layer: readers of the on-disk formats, preprocessing (connectivity, ComBat, patches,
+    frozen text embeddings), splits, caches and embedded generators. It imports no training code.
 """
 
 __version__ = "0.1.0"

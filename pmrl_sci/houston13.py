@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from pmrl_sci.pipelines.houston13.training import Houston13Config, run_houston13
+from pmrl_sci.tasks.houston13 import Houston13Config, run_houston13
 
 _DEFAULTS = Houston13Config()
 

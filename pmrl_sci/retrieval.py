@@ -19,7 +19,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from pmrl_sci.pipelines.retrieval_training import RetrievalConfig, run_retrieval
+from pmrl_sci.tasks.retrieval import RetrievalConfig, run_retrieval
 
 _DEFAULTS = RetrievalConfig()
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_argument_group("data")
     data.add_argument("--manifest", default=d.manifest,
                       help="JSON Lines or CSV manifest (one row per instance, one column per modality; see "
-                           "pmrl_sci.pipelines.manifest). Omitted: the embedded synthetic scenes")
+                           "pmrl_sci.data.manifest). Omitted: the embedded synthetic scenes")
     data.add_argument("--modalities", nargs="+", default=d.modalities,
                       help="manifest columns to align (default: vision depth touch audio text for the embedded "
                            "set, every modality column of a manifest)")
@@ -144,7 +144,7 @@ def print_summary(cfg: RetrievalConfig, results: dict[str, Any]) -> None:
     cfg : RetrievalConfig
         The run's configuration.
     results : dict
-        What :func:`pmrl_sci.pipelines.retrieval_training.run_retrieval` returned on rank 0.
+        What :func:`pmrl_sci.tasks.retrieval.run_retrieval` returned on rank 0.
     """
     print(f"retrieval on {results['dataset']} ({cfg.objective}; {results['n_train']} train / {results['n_val']} "
           f"validation / {results['n_test']} test): mean R@1 {results['mean_R@1']:.3f}, "

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pmrl_sci.pipelines.abide.cohort import load_abide_cohort, subject_text
-from pmrl_sci.pipelines.abide.connectivity import compute_connectivity, fisher_z
-from pmrl_sci.pipelines.abide.generator import generate_abide_like
-from pmrl_sci.pipelines.abide.phenotype import PHENOTYPE_FILENAME, QC_COLUMNS, quality_filter, read_phenotype
-from pmrl_sci.pipelines.abide.timeseries import ATLAS_ROIS, check_atlas, find_roi_files, read_roi_timeseries
+from pmrl_sci.data.abide.cohort import load_abide_cohort, subject_text
+from pmrl_sci.data.abide.connectivity import compute_connectivity, fisher_z
+from pmrl_sci.data.abide.generator import generate_abide_like
+from pmrl_sci.data.abide.phenotype import PHENOTYPE_FILENAME, QC_COLUMNS, quality_filter, read_phenotype
+from pmrl_sci.data.abide.timeseries import ATLAS_ROIS, check_atlas, find_roi_files, read_roi_timeseries
 
 torch.set_num_threads(1)
 

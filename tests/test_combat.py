@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from neuroCombat import neuroCombat, neuroCombatFromTraining
 
-from pmrl_sci.pipelines.combat import ComBat
+from pmrl_sci.data.combat import ComBat
 
 SITE_SHIFT = {"A": 0.0, "B": 3.0, "C": -2.0, "D": 1.0}
 SITE_SCALE = {"A": 1.0, "B": 1.8, "C": 0.6, "D": 1.2}

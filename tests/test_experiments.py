@@ -9,19 +9,25 @@ import pandas as pd
 import pytest
 import torch
 
-from pmrl_sci.analysis import analyse_runs, epoch_series, load_run, modality_contribution, pooled_test_sigma
-from pmrl_sci.experiments import (
-    Method,
-    run_methods,
-)
 from pmrl_sci.noise import add_input_noise, flip_labels
-from pmrl_sci.tables import (
+from pmrl_sci.reports.spectral_analysis import (
+    analyse_runs,
+    epoch_series,
+    load_run,
+    modality_contribution,
+    pooled_test_sigma,
+)
+from pmrl_sci.reports.tables import (
     TableRow,
     check_same_units,
     collect_table,
     format_mean_std,
     markdown_table,
     write_table,
+)
+from pmrl_sci.tasks.abide_methods import (
+    Method,
+    run_methods,
 )
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pmrl_sci.pipelines.abide import freesurfer as fs
+from pmrl_sci.data.abide import freesurfer as fs
 
 # Excerpts in the layout FreeSurfer 6 writes (mri_segstats / mris_anatomical_stats / aparcstats2table).
 ASEG_STATS = """\

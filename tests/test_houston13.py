@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pmrl_sci.pipelines.houston13 import (
+from pmrl_sci.data.houston13 import (
     HOUSTON13_CLASSES,
     Houston13DataError,
     Houston13Files,

@@ -10,15 +10,15 @@ import pytest
 from PIL import Image
 from scipy.io import savemat, wavfile
 
-from pmrl_sci.pipelines.manifest import (
+from pmrl_sci.data.manifest import (
     LoadOptions,
     load_manifest_data,
     load_wav,
     read_manifest,
     write_manifest,
 )
-from pmrl_sci.pipelines.nyudv2 import nyudv2_to_manifest
-from pmrl_sci.pipelines.tvl import clean_caption, tvl_to_manifest
+from pmrl_sci.data.nyudv2 import nyudv2_to_manifest
+from pmrl_sci.data.tvl import clean_caption, tvl_to_manifest
 
 
 def _png(path, rgb, size=(10, 8)) -> None:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pmrl_sci.pipelines.manifest import LoadedData
-from pmrl_sci.pipelines.retrieval_training import (
+from pmrl_sci.data.manifest import LoadedData
+from pmrl_sci.retrieval import main
+from pmrl_sci.tasks.retrieval import (
     RetrievalConfig,
     few_shot_indices,
     pairwise_recall,
@@ -18,7 +19,6 @@ from pmrl_sci.pipelines.retrieval_training import (
     split_rows,
     validation_split,
 )
-from pmrl_sci.retrieval import main
 
 torch.set_num_threads(1)
 
@@ -225,7 +225,7 @@ def test_default_scenes_are_learnable(tmp_path, monkeypatch) -> None:
 
 def _feature_manifest(folder, n_train: int = 48, n_test: int = 16, seed: int = 0):
     """Three ``*_features`` modalities (.npy files) sharing a class-dependent latent, with labels and splits."""
-    from pmrl_sci.pipelines.manifest import write_manifest
+    from pmrl_sci.data.manifest import write_manifest
 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((4, 6))

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pmrl_sci.pipelines.splits import bnt_split, stratified_site_folds, stratum_keys
+from pmrl_sci.data.splits import bnt_split, stratified_site_folds, stratum_keys
 
 
 def _cohort(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +28,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pmrl_sci.data.abide.cohort import AbideCohort, load_abide_cohort
+from pmrl_sci.data.cache import cache_root
 from pmrl_sci.metrics import binary_classification_metrics, roc_points
 from pmrl_sci.objectives import build_objective
-from pmrl_sci.pipelines.abide.cohort import AbideCohort, load_abide_cohort
 from pmrl_sci.registry import build_encoder, build_head
 from pmrl_sci.runs import RunFolder, summarize
 from pmrl_sci.spectral import spectrum
@@ -152,7 +152,7 @@ def harmonise_smri(cohort: AbideCohort, train: np.ndarray, mode: str) -> tuple[n
     """
     import pandas as pd
 
-    from pmrl_sci.pipelines.combat import ComBat
+    from pmrl_sci.data.combat import ComBat
 
     x = cohort.smri.astype(np.float64).copy()
     has = cohort.mask["smri"].copy()
@@ -498,7 +498,7 @@ def resolve_model(config: AbideConfig) -> AbideConfig:
 
 def unit_splits(cohort: AbideCohort, config: AbideConfig) -> list[tuple[str, int, dict[str, np.ndarray]]]:
     """(unit name, seed, {"train", "val", "test": indices}) for every trial and fold."""
-    from pmrl_sci.pipelines.splits import bnt_split, stratified_site_folds
+    from pmrl_sci.data.splits import bnt_split, stratified_site_folds
 
     units = []
     for trial in range(config.seeds):
@@ -517,16 +517,11 @@ def unit_splits(cohort: AbideCohort, config: AbideConfig) -> list[tuple[str, int
 # the whole run
 
 
-def default_cache_dir() -> Path:
-    """``$PMRL_SCI_CACHE`` or ``~/.cache/pmrl_sci``."""
-    return Path(os.environ.get("PMRL_SCI_CACHE", Path.home() / ".cache" / "pmrl_sci"))
-
-
 def resolve_data(config: AbideConfig) -> tuple[Path, Path | None, bool]:
     """The ABIDE root (generated when none is given), the FreeSurfer folder, and whether it is simulated."""
-    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    cache = cache_root(config.cache_dir)
     if config.data_dir is None:
-        from pmrl_sci.pipelines.abide.generator import generate_abide_like
+        from pmrl_sci.data.abide.generator import generate_abide_like
 
         root = cache / f"abide_default_n{config.default_subjects}_s{config.default_sites}_{config.atlas}"
         logger.info("no --data-dir: generating the embedded simulated cohort in %s", root)
@@ -535,7 +530,7 @@ def resolve_data(config: AbideConfig) -> tuple[Path, Path | None, bool]:
         return root, fs, True
     root = Path(config.data_dir).expanduser()
     if config.download:
-        from pmrl_sci.pipelines.abide.cohort import fetch_abide
+        from pmrl_sci.data.abide.cohort import fetch_abide
 
         fetch_abide(root, atlas=config.atlas, pipeline=config.pipeline, strategy=config.strategy)
     if not root.exists():
@@ -558,7 +553,7 @@ def run_abide(config: AbideConfig) -> dict[str, Any]:
 
 def _run_abide(config: AbideConfig, dist_info: DistInfo) -> dict[str, Any]:
     from pmrl_sci.distributed import gather_objects, main_process_first
-    from pmrl_sci.plots import plot_roc_curves, plot_singular_values
+    from pmrl_sci.reports.plots import plot_roc_curves, plot_singular_values
 
     bad = [m for m in config.modalities if m not in ABIDE_MODALITIES]
     if bad or not config.modalities:
@@ -572,7 +567,7 @@ def _run_abide(config: AbideConfig, dist_info: DistInfo) -> dict[str, Any]:
         root, fs_dir, simulated = resolve_data(config)
     if config.epochs is None:
         config = dataclasses.replace(config, epochs=EMBEDDED_EPOCHS if simulated else REAL_DATA_EPOCHS)
-    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    cache = cache_root(config.cache_dir)
     with main_process_first():
         cohort = load_abide_cohort(root, atlas=config.atlas, pipeline=config.pipeline, strategy=config.strategy,
                                    freesurfer_dir=fs_dir, modalities=config.modalities,

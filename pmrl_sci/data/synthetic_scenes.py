@@ -14,7 +14,7 @@ size (small, large) and position (a quadrant). Five modalities show overlapping 
 * ``text``: a caption ("a large red ribbed circle at the upper left").
 
 So every pair of modalities shares part of the content and retrieval between any two is learnable and
-measurable. Files are written in the manifest form (:mod:`pmrl_sci.pipelines.manifest`) with a
+measurable. Files are written in the manifest form (:mod:`pmrl_sci.data.manifest`) with a
 ``labels.txt`` of class names for zero-shot classification.
 """
 
@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pmrl_sci.data.cache import cache_root
+from pmrl_sci.data.manifest import write_manifest
 from pmrl_sci.io import atomic_write_text, stable_hash
-from pmrl_sci.pipelines.manifest import write_manifest
 from pmrl_sci.registry import register_dataset
 
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -232,7 +233,7 @@ def generate_scenes(out_dir: str | os.PathLike[str], config: SceneConfig | None 
 
 def default_cache_dir(config: SceneConfig) -> Path:
     """``$PMRL_SCI_CACHE`` (default ``~/.cache/pmrl_sci``) ``/synthetic_scenes/<config hash>``."""
-    root = Path(os.environ.get("PMRL_SCI_CACHE", Path.home() / ".cache" / "pmrl_sci"))
+    root = cache_root()
     return root / "synthetic_scenes" / stable_hash("synthetic-scenes-v1", asdict(config))
 
 

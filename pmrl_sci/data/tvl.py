@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pmrl_sci.pipelines.manifest import write_manifest
+from pmrl_sci.data.manifest import write_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pmrl_sci.data.manifest import LoadedData, LoadOptions, load_manifest_data, read_manifest
 from pmrl_sci.distributed import DistInfo
-from pmrl_sci.pipelines.manifest import LoadedData, LoadOptions, load_manifest_data, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ def resolve_manifest(cfg: RetrievalConfig) -> tuple[Path, str, int]:
     """Manifest path, dataset name and sample rate (the embedded scenes are generated when no manifest is given)."""
     if cfg.manifest is not None:
         return Path(cfg.manifest), Path(cfg.manifest).stem, cfg.sample_rate or 16000
-    from pmrl_sci.pipelines.synthetic_scenes import SceneConfig, default_cache_dir, generate_scenes
+    from pmrl_sci.data.synthetic_scenes import SceneConfig, default_cache_dir, generate_scenes
 
     scene = SceneConfig(n_train=cfg.n_train, n_test=cfg.n_test, image_size=max(16, cfg.image_size),
                         sample_rate=cfg.sample_rate or 8000, missing_rate=cfg.missing_rate, seed=cfg.scene_seed)
@@ -210,7 +209,7 @@ def few_shot_indices(train: np.ndarray, labels: Sequence[str | None], n: int, se
 
 def embed_text_columns(data: LoadedData, cfg: RetrievalConfig, cache_dir: Path | None) -> dict[str, int]:
     """Replace each text modality's strings by frozen text-model embeddings (in place); returns their widths."""
-    from pmrl_sci.encoders.text import embed_texts
+    from pmrl_sci.data.text import embed_texts
 
     widths = {}
     for m in data.modalities:
@@ -225,7 +224,9 @@ def embed_text_columns(data: LoadedData, cfg: RetrievalConfig, cache_dir: Path |
 
 def text_cache_dir() -> Path:
     """``$PMRL_SCI_CACHE/text`` (default ``~/.cache/pmrl_sci/text``): frozen text embeddings keyed by content."""
-    return Path(os.environ.get("PMRL_SCI_CACHE", Path.home() / ".cache" / "pmrl_sci")) / "text"
+    from pmrl_sci.data.cache import cache_root
+
+    return cache_root() / "text"
 
 
 # -- model ---------------------------------------------------------------------------------------------------------
@@ -377,7 +378,7 @@ def read_label_file(path: str | Path) -> tuple[list[str], list[str]]:
 def zero_shot(model: nn.Module, data: LoadedData, rows: np.ndarray, embeddings: dict[str, torch.Tensor],
               label_file: str, cfg: RetrievalConfig, device: torch.device) -> dict[str, Any]:
     """Top-1 accuracy of classifying each non-text modality by retrieval against the label texts."""
-    from pmrl_sci.encoders.text import embed_texts
+    from pmrl_sci.data.text import embed_texts
 
     text_modalities = [m for m in data.modalities if data.kinds[m] == "text"]
     if not text_modalities:

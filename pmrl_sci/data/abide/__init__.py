@@ -6,11 +6,11 @@ files in three layouts), ``connectivity`` (Pearson / partial correlation, dead-R
 ``cohort`` (``load_abide_cohort``, ``fetch_abide``).
 """
 
-from pmrl_sci.pipelines.abide.cohort import AbideCohort, fetch_abide, load_abide_cohort
-from pmrl_sci.pipelines.abide.connectivity import compute_connectivity
-from pmrl_sci.pipelines.abide.generator import generate_abide_like
-from pmrl_sci.pipelines.abide.phenotype import quality_filter, read_phenotype
-from pmrl_sci.pipelines.abide.timeseries import ATLAS_ROIS, find_roi_files, read_roi_timeseries
+from pmrl_sci.data.abide.cohort import AbideCohort, fetch_abide, load_abide_cohort
+from pmrl_sci.data.abide.connectivity import compute_connectivity
+from pmrl_sci.data.abide.generator import generate_abide_like
+from pmrl_sci.data.abide.phenotype import quality_filter, read_phenotype
+from pmrl_sci.data.abide.timeseries import ATLAS_ROIS, find_roi_files, read_roi_timeseries
 
 __all__ = [
     "ATLAS_ROIS",

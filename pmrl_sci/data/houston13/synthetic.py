@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pmrl_sci.pipelines.houston13.readers import (
+from pmrl_sci.data.houston13.readers import (
     HOUSTON13_BANDS,
     HOUSTON13_CLASSES,
     PREFIX,
@@ -206,7 +206,7 @@ def write_synthetic_houston13(out_dir: str | os.PathLike[str], config: Synthetic
     Returns
     -------
     Houston13Files
-        The written paths (readable by :func:`pmrl_sci.pipelines.houston13.load_houston13`).
+        The written paths (readable by :func:`pmrl_sci.data.houston13.load_houston13`).
     """
     import json
 

@@ -325,7 +325,7 @@ def plot_metric_curves(table: Any, out: RunFolder, x: str, panel: str, metrics: 
     Parameters
     ----------
     table : pandas.DataFrame
-        From :func:`pmrl_sci.tables.collect_table`, with a numeric column ``x`` (the level), a
+        From :func:`pmrl_sci.reports.tables.collect_table`, with a numeric column ``x`` (the level), a
         column ``panel`` (e.g. the noise kind: one row of panels per value), ``method`` and
         ``<metric>_mean`` / ``<metric>_std``.
     out : RunFolder

@@ -1,9 +1,9 @@
 """Houston 2013 (GRSS DFC 2013) hyperspectral + LiDAR: readers, synthetic generator and patch datasets.
 
-``pmrl_sci.pipelines.houston13.read_envi_roi(path, shape)`` reads an ENVI ASCII ROI export into a label raster.
+``pmrl_sci.data.houston13.read_envi_roi(path, shape)`` reads an ENVI ASCII ROI export into a label raster.
 """
 
-from pmrl_sci.pipelines.houston13.patches import (
+from pmrl_sci.data.houston13.patches import (
     BandStats,
     PatchDataset,
     extract_patches,
@@ -14,7 +14,7 @@ from pmrl_sci.pipelines.houston13.patches import (
     standardize_scene,
     stratified_validation_split,
 )
-from pmrl_sci.pipelines.houston13.readers import (
+from pmrl_sci.data.houston13.readers import (
     HOUSTON13_BANDS,
     HOUSTON13_CLASSES,
     HOUSTON13_SHAPE,
@@ -33,7 +33,7 @@ from pmrl_sci.pipelines.houston13.readers import (
     read_raster,
     write_envi_roi,
 )
-from pmrl_sci.pipelines.houston13.synthetic import (
+from pmrl_sci.data.houston13.synthetic import (
     SyntheticSceneConfig,
     class_spectra,
     generate_synthetic_scene,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from pmrl_sci.pipelines.houston13.readers import Houston13Scene
+from pmrl_sci.data.houston13.readers import Houston13Scene
 
 
 @dataclass

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
+from pmrl_sci.data.abide.freesurfer import write_group_tables
+from pmrl_sci.data.abide.phenotype import PHENOTYPE_FILENAME, QC_COLUMNS
+from pmrl_sci.data.abide.timeseries import ATLAS_ROIS, check_atlas, roi_filename
 from pmrl_sci.io import atomic_write_json, atomic_write_text
-from pmrl_sci.pipelines.abide.freesurfer import write_group_tables
-from pmrl_sci.pipelines.abide.phenotype import PHENOTYPE_FILENAME, QC_COLUMNS
-from pmrl_sci.pipelines.abide.timeseries import ATLAS_ROIS, check_atlas, roi_filename
 
 GENERATOR_VERSION = 1
 MANIFEST_NAME = "abide_like.json"
@@ -143,7 +143,7 @@ def generate_abide_like(out_dir: str | os.PathLike[str], n_subjects: int = 240, 
     n_sites : int
         Number of sites, 1..17.
     atlas : str
-        Any key of :data:`~pmrl_sci.pipelines.abide.timeseries.ATLAS_ROIS`.
+        Any key of :data:`~pmrl_sci.data.abide.timeseries.ATLAS_ROIS`.
     seed : int
         Random seed.
     overwrite : bool

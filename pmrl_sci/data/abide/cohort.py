@@ -21,16 +21,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pmrl_sci.io import atomic_save_npz, file_fingerprint, stable_hash
-from pmrl_sci.pipelines.abide.connectivity import KINDS, compute_connectivity
-from pmrl_sci.pipelines.abide.phenotype import PHENOTYPE_FILENAME, quality_filter, read_phenotype
-from pmrl_sci.pipelines.abide.timeseries import (
+from pmrl_sci.data.abide.connectivity import KINDS, compute_connectivity
+from pmrl_sci.data.abide.phenotype import PHENOTYPE_FILENAME, quality_filter, read_phenotype
+from pmrl_sci.data.abide.timeseries import (
     ATLAS_ROIS,
     DEFAULT_MIN_TIMEPOINTS,
     check_atlas,
     find_roi_files,
     read_roi_timeseries,
 )
+from pmrl_sci.io import atomic_save_npz, file_fingerprint, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
     ----------
     data_dir : path-like
         Root holding ``ABIDE_pcp/<pipeline>/<strategy>/`` (any of the three layouts of
-        :func:`~pmrl_sci.pipelines.abide.timeseries.find_roi_files`) and the phenotype CSV
+        :func:`~pmrl_sci.data.abide.timeseries.find_roi_files`) and the phenotype CSV
         (in the root or in ``ABIDE_pcp/``).
     atlas, pipeline, strategy : str
         Which ROI time series.
@@ -292,7 +292,7 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
     texts = [subject_text(a, s) for a, s in zip(rows["AGE_AT_SCAN"], rows["SEX"])]
     text_embeddings = None
     if "text" in modalities:
-        from pmrl_sci.encoders.text import embed_texts
+        from pmrl_sci.data.text import embed_texts
 
         text_cache = Path(cache_dir) / "text" if cache_dir is not None else None
         text_embeddings = np.asarray(embed_texts(texts, text_model, cache_dir=text_cache), dtype=np.float32)
@@ -342,7 +342,7 @@ def _freesurfer_files(fs_dir: Path) -> list[Path]:
 def _read_smri(fs_dir: Path, phenotype: pd.DataFrame, rows: pd.DataFrame
                ) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, str]]:
     """FreeSurfer features aligned to ``rows``; keys matched by FILE_ID, then SUB_ID."""
-    from pmrl_sci.pipelines.abide.freesurfer import read_freesurfer_dir
+    from pmrl_sci.data.abide.freesurfer import read_freesurfer_dir
 
     table = read_freesurfer_dir(fs_dir)
     by_file = {f: f for f in phenotype["FILE_ID"] if f != "no_filename"}

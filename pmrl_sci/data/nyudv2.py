@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pmrl_sci.pipelines.manifest import write_manifest
+from pmrl_sci.data.manifest import write_manifest
 
 logger = logging.getLogger(__name__)
 

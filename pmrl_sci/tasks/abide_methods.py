@@ -3,7 +3,7 @@
 Used by the scripts in ``experiments/`` (the ABIDE table, noise robustness, ablations): every method runs
 ``pmrl_sci.abide.main(argv)`` in-process with the same seeds and splits into ``<out>/<method>``, so a rerun with
 the same ``--out`` resumes finished trials; :func:`write_outcome_table` then writes the Markdown/CSV table with
-:mod:`pmrl_sci.tables`.
+:mod:`pmrl_sci.reports.tables`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pmrl_sci.tables import DEFAULT_METRICS, TableRow, check_same_units, collect_table, write_table
+from pmrl_sci.reports.tables import DEFAULT_METRICS, TableRow, check_same_units, collect_table, write_table
 
 #: Options of ``python -m pmrl_sci.abide`` for a smoke-sized run (``--quick``): a 36-subject
 #: generated cohort on 2 sites, the 97-region TT atlas, 2 epochs.
@@ -262,7 +262,7 @@ def table_experiment_main(methods_catalog: Sequence[Method], argv: Sequence[str]
     outcomes = run_methods(methods, args.out, shared)
     written = write_outcome_table(outcomes, args.out, "table", title=title, reference=reference)
     if written and args.figures:
-        from pmrl_sci.analysis import analyse_runs
+        from pmrl_sci.reports.spectral_analysis import analyse_runs
 
         report = analyse_runs({o.method.label: o.path for o in outcomes if o.status == "done"},
                               Path(args.out) / "figures")

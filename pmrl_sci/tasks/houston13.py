@@ -27,9 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pmrl_sci.distributed import DistInfo
-from pmrl_sci.encoders.base import Encoder, InputSpec
-from pmrl_sci.pipelines.houston13.patches import (
+from pmrl_sci.data.houston13.patches import (
     PatchDataset,
     fit_band_stats,
     labelled_pixels,
@@ -37,8 +35,10 @@ from pmrl_sci.pipelines.houston13.patches import (
     standardize_scene,
     stratified_validation_split,
 )
-from pmrl_sci.pipelines.houston13.readers import Houston13Scene, load_houston13
-from pmrl_sci.pipelines.houston13.synthetic import SyntheticSceneConfig, write_synthetic_houston13
+from pmrl_sci.data.houston13.readers import Houston13Scene, load_houston13
+from pmrl_sci.data.houston13.synthetic import SyntheticSceneConfig, write_synthetic_houston13
+from pmrl_sci.distributed import DistInfo
+from pmrl_sci.encoders.base import Encoder, InputSpec
 
 logger = logging.getLogger(__name__)
 
@@ -437,7 +437,7 @@ def prepare_scene(cfg: Houston13Config, run_path: Path, write: bool = True) -> t
 
 def text_label_table(cfg: Houston13Config, class_names: list[str], cache_dir: Path) -> torch.Tensor:
     """Frozen text embeddings ``[n_classes, H]`` of the class names (``cfg.text_template`` applied)."""
-    from pmrl_sci.encoders.text import embed_texts
+    from pmrl_sci.data.text import embed_texts
 
     texts = [cfg.text_template.format(name) for name in class_names]
     return torch.from_numpy(embed_texts(texts, cfg.text_model, cache_dir=cache_dir))
@@ -460,7 +460,7 @@ def run_houston13(cfg: Houston13Config) -> dict[str, Any]:
 
 def _run_houston13(cfg: Houston13Config, dist_info: DistInfo) -> dict[str, Any]:
     from pmrl_sci.distributed import gather_objects, main_process_first
-    from pmrl_sci.pipelines.houston13.plots import plot_classification_map, plot_confusion
+    from pmrl_sci.reports.maps import plot_classification_map, plot_confusion
     from pmrl_sci.runs import RunFolder, default_run_dir, summarize
     from pmrl_sci.training import progress
 
