@@ -223,7 +223,7 @@ def test_quick_table_experiment(table_run):
     assert status == 0
     lines = (out / "table.md").read_text().splitlines()
     assert [line.split(" | ")[0] for line in lines if line.startswith("| ") and "method" not in line] == [
-        "| Logistic regression", "| GRAM", "| PMRL"]
+        "| Logistic regression", "| GRAM", "| PMRL (paper L_M)"]
     table = pd.read_csv(out / "table.csv")
     for name in ("logistic", "gram", "pmrl"):
         results = json.loads((out / name / "results.json").read_text())
@@ -251,7 +251,7 @@ def test_analysis_from_real_runs(table_run, tmp_path):
         assert np.asarray(summary["v_abs_mean"]).shape == (3, 3)
         assert -1.0 <= summary["val_u1_cosine_last_epoch"] <= 1.0
     figures = json.loads((out / "figures" / "analysis.json").read_text())
-    assert set(figures["runs"]) == {"Logistic regression", "GRAM", "PMRL"} and figures["missing"] == {}
+    assert set(figures["runs"]) == {"Logistic regression", "GRAM", "PMRL (paper L_M)"} and figures["missing"] == {}
     with pytest.raises(SystemExit):
         analysis.main(["A=x", "A=y", "--out", str(tmp_path)])
 
@@ -268,6 +268,23 @@ def test_quick_table_resumes_and_refuses_other_options(table_run, capsys):
     assert (out / "pmrl" / "done" / "seed0.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.parametrize("script", ["abide_table", "noise_table", "ablation_table"])
+def test_every_pmrl_row_names_its_form(script):
+    module = _script(script)
+    if script == "noise_table":
+        methods = [m for kind, level in (("input", 0.4), ("label", 0.3))
+                   for m in module.condition_methods(kind, level, list(module.OBJECTIVES))]
+    else:
+        methods = module.METHODS
+    pmrl_rows = [m for m in methods if "pmrl" in m.args]
+    assert {"--no-sign-aware" in m.args for m in pmrl_rows} == {True, False}  # both forms are run
+    for method in pmrl_rows:
+        paper = "--no-sign-aware" in method.args
+        assert ("paper L_M" in method.label) == paper and ("sign-aware L_M" in method.label) == (not paper), method
+        if "--rank" in method.args:
+            assert paper  # rank 2 is defined for the paper's form
+
+
 def test_method_needing_a_missing_option_is_skipped(tmp_path):
     outcomes = run_methods([Method("future", "Future", ["--objective", "pmrl"], ("--no-such-option",))], tmp_path,
                            ["--quick"])
@@ -282,7 +299,10 @@ def test_quick_noise_experiment_with_levels(table_run, tmp_path):
                          "--label-levels", "0.3", "--out", str(tmp_path), "--cache-dir", str(cache), "--no-progress"])
     assert status == 0
     text = (tmp_path / "table.md").read_text()
-    assert "| PMRL | input | 0.4 |" in text and "| PMRL | label | 0.3 |" in text and "| 79.2 | 66.2 |" in text
+    assert "| PMRL (paper L_M) | input | 0.4 |" in text and "| PMRL (paper L_M) | label | 0.3 |" in text
+    assert "| 79.2 | 66.2 |" in text
+    config = json.loads((tmp_path / "input-0.4" / "pmrl" / "config.json").read_text())
+    assert config["sign_aware"] is False  # the paper's numbers are for the paper's L_M
     sweep = pd.read_csv(tmp_path / "sweep.csv")
     assert sorted(zip(sweep["noise"], sweep["level"])) == [("input", 0.0), ("input", 0.4), ("label", 0.3)]
     assert (tmp_path / "noise_curves.png").is_file()
