@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pmrl_sci.data.abide import freesurfer as fs
+from pmrl_sci.data.abide import freesurfer_writers as fsw
 
 # Excerpts in the layout FreeSurfer 6 writes (mri_segstats / mris_anatomical_stats / aparcstats2table).
 ASEG_STATS = """\
@@ -44,7 +45,7 @@ caudalanteriorcingulate                  1126     753   2126  2.658 0.708     0.
 """
 
 
-def _subjects(n: int = 4, seed: int = 0) -> dict[str, fs.SubjectMorphometry]:
+def _subjects(n: int = 4, seed: int = 0) -> dict[str, fsw.SubjectMorphometry]:
     rng = np.random.default_rng(seed)
     out = {}
     for i in range(n):
@@ -54,7 +55,7 @@ def _subjects(n: int = 4, seed: int = 0) -> dict[str, fs.SubjectMorphometry]:
                  for hemi in ("lh", "rh")}
         measures = {"BrainSegVol": float(rng.uniform(1.0e6, 1.3e6)), "BrainSegVolNotVent": float(rng.uniform(9e5, 1e6)),
                     "EstimatedTotalIntraCranialVol": float(rng.uniform(1.3e6, 1.8e6))}
-        out[f"00500{i:02d}"] = fs.SubjectMorphometry(aseg, aparc, measures)
+        out[f"00500{i:02d}"] = fsw.SubjectMorphometry(aseg, aparc, measures)
     return out
 
 
@@ -80,8 +81,8 @@ def test_real_aseg_and_aparc_stats_are_parsed_like_the_freesurfer_tools(tmp_path
 def test_group_tables_and_subject_folders_give_the_same_features(tmp_path):
     subjects = _subjects()
     for key, subject in subjects.items():
-        fs.write_subject_stats(tmp_path / "subjects" / key, subject.aseg, subject.aparc, subject.measures)
-    written = fs.write_group_tables(tmp_path / "tables", fs.group_tables_from_subjects(subjects))
+        fsw.write_subject_stats(tmp_path / "subjects" / key, subject.aseg, subject.aparc, subject.measures)
+    written = fsw.write_group_tables(tmp_path / "tables", fsw.group_tables_from_subjects(subjects))
     assert sorted(p.name for p in written) == sorted(["aseg_stats.txt"] + [
         f"{h}.aparc.{m}.txt" for h in ("lh", "rh") for m in ("area", "volume", "thickness")])
     header = (tmp_path / "tables" / "lh.aparc.thickness.txt").read_text().splitlines()[0].split("\t")
@@ -116,7 +117,7 @@ def test_missing_tables_give_nan_and_are_reported(tmp_path):
     subjects = _subjects(3)
     for key, subject in subjects.items():
         aparc = {"lh": subject.aparc["lh"]} if key == "0050001" else subject.aparc
-        fs.write_subject_stats(tmp_path / key, subject.aseg, aparc, subject.measures)
+        fsw.write_subject_stats(tmp_path / key, subject.aseg, aparc, subject.measures)
     with pytest.warns(UserWarning, match="1 of 3 subjects miss"):
         df = fs.read_freesurfer_dir(tmp_path)
     rh = [c for c in df.columns if c.startswith("rh.")]
@@ -126,9 +127,9 @@ def test_missing_tables_give_nan_and_are_reported(tmp_path):
 
 
 def test_tables_split_by_site_are_stacked_and_csv_is_read(tmp_path):
-    tables = fs.group_tables_from_subjects(_subjects(4))
+    tables = fsw.group_tables_from_subjects(_subjects(4))
     aseg = tables["aseg_stats.txt"]
-    fs.write_group_tables(tmp_path, {"Pitt_aseg.txt": aseg.iloc[:2], "NYU_aseg.txt": aseg.iloc[2:]})
+    fsw.write_group_tables(tmp_path, {"Pitt_aseg.txt": aseg.iloc[:2], "NYU_aseg.txt": aseg.iloc[2:]})
     comma = tables["lh.aparc.area.txt"]
     comma.to_csv(tmp_path / "lh_area.csv", index=False)  # aparcstats2table -d comma
     (tmp_path / "README.txt").write_text("not a table\n")
@@ -142,8 +143,8 @@ def test_tables_split_by_site_are_stacked_and_csv_is_read(tmp_path):
 
 
 def test_without_aseg_one_copy_of_the_aparc_globals_is_kept(tmp_path):
-    tables = fs.group_tables_from_subjects(_subjects(2))
-    fs.write_group_tables(tmp_path, {k: v for k, v in tables.items() if k != "aseg_stats.txt"})
+    tables = fsw.group_tables_from_subjects(_subjects(2))
+    fsw.write_group_tables(tmp_path, {k: v for k, v in tables.items() if k != "aseg_stats.txt"})
     df = fs.read_freesurfer_dir(tmp_path)
     assert [c for c in df.columns if c.endswith(":eTIV")] == ["lh.aparc.area:eTIV"]
 
@@ -169,8 +170,8 @@ def test_group_table_errors_name_the_file_and_the_problem(tmp_path):
 
 
 def test_duplicated_subject_across_files_and_bad_stats_files(tmp_path):
-    tables = fs.group_tables_from_subjects(_subjects(2))
-    fs.write_group_tables(tmp_path / "dup", {"a.txt": tables["aseg_stats.txt"], "b.txt": tables["aseg_stats.txt"]})
+    tables = fsw.group_tables_from_subjects(_subjects(2))
+    fsw.write_group_tables(tmp_path / "dup", {"a.txt": tables["aseg_stats.txt"], "b.txt": tables["aseg_stats.txt"]})
     with pytest.raises(ValueError, match=r"duplicated subject '0050000' in table 'aseg'.*a.txt.*b.txt"):
         fs.read_freesurfer_dir(tmp_path / "dup")
     stats = tmp_path / "subj" / "s1" / "stats"
@@ -192,9 +193,9 @@ def test_duplicated_subject_across_files_and_bad_stats_files(tmp_path):
 def test_writers_reject_bad_input(tmp_path):
     subject = _subjects(1)["0050000"]
     with pytest.raises(ValueError, match="unknown global measure.*'ICVx'"):
-        fs.write_subject_stats(tmp_path / "s", subject.aseg, subject.aparc, {"ICVx": 1.0})
+        fsw.write_subject_stats(tmp_path / "s", subject.aseg, subject.aparc, {"ICVx": 1.0})
     with pytest.raises(ValueError, match=r"aparc\['lh'\]\['bankssts'\] lacks \['thickness'\]"):
-        fs.write_subject_stats(tmp_path / "s", subject.aseg, {"lh": {"bankssts": {"area": 1.0, "volume": 2.0}}})
-    table = fs.group_tables_from_subjects({"a": subject})["aseg_stats.txt"].rename(columns={"Measure:volume": "id"})
+        fsw.write_subject_stats(tmp_path / "s", subject.aseg, {"lh": {"bankssts": {"area": 1.0, "volume": 2.0}}})
+    table = fsw.group_tables_from_subjects({"a": subject})["aseg_stats.txt"].rename(columns={"Measure:volume": "id"})
     with pytest.raises(ValueError, match="aseg.txt: first column 'id'"):
-        fs.write_group_tables(tmp_path, {"aseg.txt": table})
+        fsw.write_group_tables(tmp_path, {"aseg.txt": table})

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
-from pmrl_sci.data.abide.freesurfer import write_group_tables
+from pmrl_sci.data.abide.freesurfer_writers import write_group_tables
 from pmrl_sci.data.abide.phenotype import PHENOTYPE_FILENAME, QC_COLUMNS
 from pmrl_sci.data.abide.timeseries import ATLAS_ROIS, check_atlas, roi_filename
 from pmrl_sci.io import atomic_write_json, atomic_write_text
