@@ -14,7 +14,14 @@ from pmrl_sci.data.abide.cohort import load_abide_cohort, subject_text
 from pmrl_sci.data.abide.connectivity import compute_connectivity, fisher_z
 from pmrl_sci.data.abide.generator import generate_abide_like
 from pmrl_sci.data.abide.phenotype import PHENOTYPE_FILENAME, QC_COLUMNS, quality_filter, read_phenotype
-from pmrl_sci.data.abide.timeseries import ATLAS_ROIS, check_atlas, find_roi_files, read_roi_timeseries
+from pmrl_sci.data.abide.timeseries import (
+    ATLAS_ROIS,
+    check_atlas,
+    find_roi_files,
+    read_roi_timeseries,
+    scan_roi_files,
+)
+from pmrl_sci.errors import InputError
 
 torch.set_num_threads(1)
 
@@ -129,10 +136,29 @@ def test_find_roi_files_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="ABIDE data folder not found"):
         find_roi_files(tmp_path / "missing", "tt")
     strategy = tmp_path / "ABIDE_pcp" / "cpac" / "filt_noglobal"
-    _write_1d(strategy / "A_1_rois_tt.1D", np.ones((12, 97)))
-    _write_1d(strategy / "rois_tt" / "A_1_rois_tt.1D", np.ones((12, 97)))
-    with pytest.raises(ValueError, match="two ROI files for FILE_ID 'A_1'"):
+    flat = _write_1d(strategy / "A_1_rois_tt.1D", np.ones((12, 97)))
+    other = _write_1d(strategy / "rois_tt" / "A_1_rois_tt.1D", np.full((12, 97), 2.0))
+    with pytest.raises(InputError, match=f"two different ROI files for FILE_ID 'A_1': {flat} and {other}"):
         find_roi_files(tmp_path, "tt")
+
+
+def test_identical_copies_in_two_layouts_are_deduplicated(tmp_path: Path) -> None:
+    """The public ABIDE copy: every subject in a <SUB_ID>/ folder, some also flat, byte-identical."""
+    strategy = tmp_path / "ABIDE_pcp" / "cpac" / "filt_noglobal"
+    rng = np.random.default_rng(3)
+    for sub_id in (50001, 50002, 50003):
+        data = rng.standard_normal((15, 97))
+        _write_1d(strategy / str(sub_id) / f"NYU_00{sub_id}_rois_tt.1D", data)
+        if sub_id != 50002:
+            _write_1d(strategy / f"NYU_00{sub_id}_rois_tt.1D", data)
+    scan = scan_roi_files(tmp_path, "tt")
+    assert scan.files == {"NYU_0050001": strategy / "NYU_0050001_rois_tt.1D",
+                          "NYU_0050002": strategy / "50002" / "NYU_0050002_rois_tt.1D",
+                          "NYU_0050003": strategy / "NYU_0050003_rois_tt.1D"}
+    assert scan.duplicates == {"NYU_0050001": [strategy / "50001" / "NYU_0050001_rois_tt.1D"],
+                               "NYU_0050003": [strategy / "50003" / "NYU_0050003_rois_tt.1D"]}
+    assert scan.n_duplicates == 2
+    assert find_roi_files(tmp_path, "tt") == scan.files
 
 
 def test_read_roi_timeseries_bad_files(tmp_path: Path) -> None:
@@ -157,6 +183,28 @@ def test_read_roi_timeseries_bad_files(tmp_path: Path) -> None:
     empty.write_text(lines[0] + "\n")
     with pytest.raises(ValueError, match="no time points"):
         read_roi_timeseries(empty, 97)
+
+
+def test_read_roi_timeseries_refuses_cut_files(tmp_path: Path) -> None:
+    good = np.random.default_rng(2).standard_normal((30, 97))
+    text = _write_1d(tmp_path / "s_rois_tt.1D", good).read_bytes()
+    # cut inside the last number of the last row: all 97 values are there, but the newline is not
+    cut = tmp_path / "cut_rois_tt.1D"
+    cut.write_bytes(text[:-3])
+    assert len(cut.read_text().splitlines()[-1].split()) == 97
+    with pytest.raises(InputError, match=r"cut_rois_tt\.1D: line 31 \(the last time point\) does not end with a "
+                                         "newline: the file looks cut"):
+        read_roi_timeseries(cut, 97)
+    # cut inside the first row: the header's 97 labels give the width, the one row has fewer values
+    first = tmp_path / "first_rois_tt.1D"
+    first.write_bytes(text[: text.index(b"\n") + 200])
+    with pytest.raises(InputError, match=r"first_rois_tt\.1D: line 2 has \d+ values, expected 97 as the 97 ROI "
+                                         r"labels of the header \(a cut file"):
+        read_roi_timeseries(first)
+    # Windows line ends (the real PCP files have them) and a last line with its newline are fine
+    crlf = tmp_path / "crlf_rois_tt.1D"
+    crlf.write_bytes(text.replace(b"\n", b"\r\n"))
+    np.testing.assert_allclose(read_roi_timeseries(crlf, 97), good, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -6,10 +6,14 @@ tab-separated row per time point (78 to 316 of them in ABIDE, depending on the s
 
 from __future__ import annotations
 
+import filecmp
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from pmrl_sci.errors import InputError
 
 #: PCP ROI derivative -> number of ROI columns in its ``.1D`` files (CC400 ships 392 regions,
 #: Dosenbach's 160 coordinates come as 161 columns, Harvard-Oxford as 111).
@@ -32,14 +36,14 @@ def check_atlas(atlas: str) -> str:
 
     Raises
     ------
-    ValueError
+    InputError
         For an unknown atlas, listing the known ones.
     """
     key = str(atlas).strip().lower()
     key = key.removeprefix("rois_")
     if key not in ATLAS_ROIS:
         known = ", ".join(f"{name} ({count} ROIs)" for name, count in ATLAS_ROIS.items())
-        raise ValueError(f"unknown ABIDE atlas {atlas!r}; known atlases: {known}")
+        raise InputError(f"unknown ABIDE atlas {atlas!r}; known atlases: {known}")
     return key
 
 
@@ -61,13 +65,95 @@ def strategy_dir_candidates(data_dir: str | os.PathLike[str], pipeline: str = "c
             root / pipeline / strategy, root]
 
 
-def find_roi_files(data_dir: str | os.PathLike[str], atlas: str, pipeline: str = "cpac",
-                   strategy: str = "filt_noglobal") -> dict[str, Path]:
-    """Map ``FILE_ID`` -> ``.1D`` path for every subject file found.
+@dataclass
+class RoiFileScan:
+    """The ROI files of one atlas found under a data folder.
+
+    Attributes
+    ----------
+    files : dict of str to pathlib.Path
+        ``FILE_ID`` -> the file read, sorted by ``FILE_ID``.
+    duplicates : dict of str to list of pathlib.Path
+        ``FILE_ID`` -> byte-identical copies of ``files[FILE_ID]`` found in another layout (the public
+        ABIDE copy has every subject in a ``<SUB_ID>/`` folder and some also flat); they are not read.
+    folder : pathlib.Path or None
+        The strategy folder the files were found in (None when none held a file).
+    """
+
+    files: dict[str, Path]
+    duplicates: dict[str, list[Path]] = field(default_factory=dict)
+    folder: Path | None = None
+
+    @property
+    def n_duplicates(self) -> int:
+        """How many identical extra copies were skipped."""
+        return sum(len(paths) for paths in self.duplicates.values())
+
+
+def scan_roi_files(data_dir: str | os.PathLike[str], atlas: str, pipeline: str = "cpac",
+                   strategy: str = "filt_noglobal") -> RoiFileScan:
+    """Find every subject's ``.1D`` file of ``atlas``, keeping one of each set of identical copies.
 
     Three layouts are accepted inside the strategy folder (and may be mixed): flat
     (``<FILE_ID>_rois_<atlas>.1D``, nilearn's cache), a ``rois_<atlas>/`` sub-folder (the
     S3 / download-script layout) and one folder per subject (``<SUB_ID>/<FILE_ID>_rois_<atlas>.1D``).
+    When a ``FILE_ID`` has files in several layouts, byte-identical copies are deduplicated (the
+    first in the order flat, ``rois_<atlas>/``, per-subject is read; the others are listed in
+    :attr:`RoiFileScan.duplicates`); copies whose contents differ are an error.
+
+    Parameters
+    ----------
+    data_dir : path-like
+        The root holding ``ABIDE_pcp/<pipeline>/<strategy>/``, or the strategy folder itself.
+    atlas : str
+        A key of :data:`ATLAS_ROIS`.
+    pipeline, strategy : str
+        PCP pipeline and noise-removal strategy.
+
+    Returns
+    -------
+    RoiFileScan
+        ``files`` is empty when the folders exist but hold no file of this atlas.
+
+    Raises
+    ------
+    FileNotFoundError
+        When no candidate folder exists (the message lists where it looked).
+    InputError
+        For an unknown atlas, or when two files of one ``FILE_ID`` differ (naming both paths).
+    """
+    atlas = check_atlas(atlas)
+    candidates = strategy_dir_candidates(data_dir, pipeline, strategy)
+    existing = [c for c in candidates if c.is_dir()]
+    if not existing:
+        raise FileNotFoundError(f"ABIDE data folder not found: {Path(data_dir)} (looked for "
+                                f"{', '.join(str(c) for c in candidates)})")
+    suffix = f"_rois_{atlas}.1D"
+    for folder in existing:
+        found: dict[str, Path] = {}
+        duplicates: dict[str, list[Path]] = {}
+        patterns = (f"*{suffix}", f"rois_{atlas}/*{suffix}", f"*/*{suffix}")
+        for pattern in patterns:
+            for path in sorted(folder.glob(pattern)):
+                file_id = path.name[: -len(suffix)]
+                if not file_id or not path.is_file():
+                    continue
+                kept = found.get(file_id)
+                if kept is None:
+                    found[file_id] = path
+                elif kept != path and path not in duplicates.get(file_id, []):
+                    if not filecmp.cmp(kept, path, shallow=False):
+                        raise InputError(f"two different ROI files for FILE_ID {file_id!r}: {kept} and {path} "
+                                         "(their contents differ); keep the right one and remove the other")
+                    duplicates.setdefault(file_id, []).append(path)
+        if found:
+            return RoiFileScan(dict(sorted(found.items())), dict(sorted(duplicates.items())), folder)
+    return RoiFileScan({})
+
+
+def find_roi_files(data_dir: str | os.PathLike[str], atlas: str, pipeline: str = "cpac",
+                   strategy: str = "filt_noglobal") -> dict[str, Path]:
+    """Map ``FILE_ID`` -> ``.1D`` path for every subject file found (see :func:`scan_roi_files`).
 
     Parameters
     ----------
@@ -81,44 +167,27 @@ def find_roi_files(data_dir: str | os.PathLike[str], atlas: str, pipeline: str =
     Returns
     -------
     dict
-        Sorted by ``FILE_ID``; empty when the folder exists but holds no file of this atlas.
+        Sorted by ``FILE_ID``; identical copies in other layouts are left out; empty when the folder
+        exists but holds no file of this atlas.
 
     Raises
     ------
     FileNotFoundError
-        When no candidate folder exists (the message lists where it looked).
-    ValueError
-        For an unknown atlas, or when two files claim the same ``FILE_ID``.
+        When no candidate folder exists.
+    InputError
+        For an unknown atlas, or when two files claim the same ``FILE_ID`` with different contents.
     """
-    atlas = check_atlas(atlas)
-    candidates = strategy_dir_candidates(data_dir, pipeline, strategy)
-    existing = [c for c in candidates if c.is_dir()]
-    if not existing:
-        raise FileNotFoundError(f"ABIDE data folder not found: {Path(data_dir)} (looked for "
-                                f"{', '.join(str(c) for c in candidates)})")
-    suffix = f"_rois_{atlas}.1D"
-    for folder in existing:
-        found: dict[str, Path] = {}
-        patterns = (f"*{suffix}", f"rois_{atlas}/*{suffix}", f"*/*{suffix}")
-        for pattern in patterns:
-            for path in sorted(folder.glob(pattern)):
-                if not path.is_file():
-                    continue
-                file_id = path.name[: -len(suffix)]
-                if not file_id:
-                    continue
-                if file_id in found and found[file_id] != path:
-                    raise ValueError(f"two ROI files for FILE_ID {file_id!r}: {found[file_id]} and {path}; "
-                                     "keep one layout per subject")
-                found[file_id] = path
-        if found:
-            return dict(sorted(found.items()))
-    return {}
+    return scan_roi_files(data_dir, atlas, pipeline, strategy).files
 
 
 def read_roi_timeseries(path: str | os.PathLike[str], n_rois: int | None = None,
                         min_timepoints: int = DEFAULT_MIN_TIMEPOINTS) -> np.ndarray:
     """Read one ``.1D`` file as ``[T, R]`` float64.
+
+    A cut file (an interrupted download or copy) is refused: every row must have as many values
+    as the ``#`` label header names (as the first row when there is no such header), and the
+    last row must end with a newline as every complete ``.1D`` file does, since a file cut inside
+    its last number still has the right number of values.
 
     Parameters
     ----------
@@ -131,49 +200,62 @@ def read_roi_timeseries(path: str | os.PathLike[str], n_rois: int | None = None,
 
     Raises
     ------
-    ValueError
-        Naming the file (and line) for a row with a different number of values (truncated
-        or ragged), a non-numeric or non-finite cell, a ROI count other than ``n_rois``,
+    InputError
+        Naming the file (and line, column) for an unreadable or non-text file, a row with a different
+        number of values than the header or the first row (truncated or ragged), a last row without
+        its newline (a cut file), a non-numeric or non-finite cell, a ROI count other than ``n_rois``,
         or fewer than ``min_timepoints`` rows.
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8", errors="strict")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not a text .1D file ({exc})") from exc
+        raise InputError(f"{path}: not a text .1D file ({exc})") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the .1D file: {exc.strerror or exc}") from exc
     lines = text.splitlines()
     rows: list[np.ndarray] = []
     width: int | None = None
+    width_from = ""
+    last_number = 0
     for number, line in enumerate(lines, start=1):
         stripped = line.strip()
         if not stripped:
             continue
         if stripped.startswith("#"):  # the ROI-label header (or a comment)
+            labels = stripped.split()
+            if width is None and not rows and len(labels) > 1 and all(cell.startswith("#") for cell in labels):
+                width, width_from = len(labels), f"the {len(labels)} ROI labels of the header"
             continue
         cells = stripped.split()
         if width is None:
-            width = len(cells)
+            width, width_from = len(cells), f"{len(cells)} in the first row"
         elif len(cells) != width:
-            raise ValueError(f"{path}: line {number} has {len(cells)} values, expected {width} "
-                             "(truncated or ragged row)")
+            cut = " (a cut file: the last line is incomplete)" if number == len(lines) else " (a ragged row)"
+            raise InputError(f"{path}: line {number} has {len(cells)} values, expected {width} as "
+                             f"{width_from}{cut}")
         try:
             values = np.array(cells, dtype=np.float64)
         except ValueError:
             bad = next(cell for cell in cells if not _is_float(cell))
             column = cells.index(bad) + 1
-            raise ValueError(f"{path}: line {number}, column {column}: non-numeric value {bad!r}") from None
+            raise InputError(f"{path}: line {number}, column {column}: non-numeric value {bad!r}") from None
         if not np.all(np.isfinite(values)):
             column = int(np.flatnonzero(~np.isfinite(values))[0]) + 1
-            raise ValueError(f"{path}: line {number}, column {column}: non-finite value {cells[column - 1]!r}")
+            raise InputError(f"{path}: line {number}, column {column}: non-finite value {cells[column - 1]!r}")
         rows.append(values)
+        last_number = number
     if not rows:
-        raise ValueError(f"{path}: no time points (an empty or header-only .1D file)")
+        raise InputError(f"{path}: no time points (an empty or header-only .1D file)")
+    if last_number == len(lines) and not text.endswith(("\n", "\r")):
+        raise InputError(f"{path}: line {last_number} (the last time point) does not end with a newline: the file "
+                         "looks cut (an interrupted download or copy); get a complete copy of the file")
     data = np.vstack(rows)
     if n_rois is not None and data.shape[1] != n_rois:
-        raise ValueError(f"{path}: {data.shape[1]} ROI columns, expected {n_rois} for this atlas "
+        raise InputError(f"{path}: {data.shape[1]} ROI columns, expected {n_rois} for this atlas "
                          "(wrong atlas or a damaged file)")
     if data.shape[0] < min_timepoints:
-        raise ValueError(f"{path}: only {data.shape[0]} time points, at least {min_timepoints} needed")
+        raise InputError(f"{path}: only {data.shape[0]} time points, at least {min_timepoints} needed")
     return data
 
 
