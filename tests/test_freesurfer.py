@@ -7,6 +7,7 @@ import pytest
 
 from pmrl_sci.data.abide import freesurfer as fs
 from pmrl_sci.data.abide import freesurfer_writers as fsw
+from pmrl_sci.errors import InputError
 
 # Excerpts in the layout FreeSurfer 6 writes (mri_segstats / mris_anatomical_stats / aparcstats2table).
 ASEG_STATS = """\
@@ -199,3 +200,32 @@ def test_writers_reject_bad_input(tmp_path):
     table = fsw.group_tables_from_subjects({"a": subject})["aseg_stats.txt"].rename(columns={"Measure:volume": "id"})
     with pytest.raises(ValueError, match="aseg.txt: first column 'id'"):
         fsw.write_group_tables(tmp_path, {"aseg.txt": table})
+
+
+def test_blank_and_nan_cells_are_both_missing_values(tmp_path):
+    """pandas writes a missing value as a blank cell, numpy as nan: both read as NaN, counted and reported."""
+    header = "lh.aparc.thickness\tlh_bankssts_thickness\tlh_cuneus_thickness\n"
+    table = tmp_path / "lh.aparc.thickness.txt"
+    table.write_text(header + "sub1\t2.5\t2.1\nsub2\t\t2.2\nsub3\t2.4\tNaN\nsub4\tnan\t\n")
+    name, df = fs.read_group_table(table)
+    assert name == "lh.aparc.thickness" and df.attrs["n_missing_values"] == 4
+    assert df.isna().to_numpy().tolist() == [[False, False], [True, False], [False, True], [True, True]]
+    merged = fs.read_freesurfer_dir(tmp_path)
+    report = merged.attrs["report"]
+    assert report["tables"]["lh.aparc.thickness"]["n_missing_values"] == 4
+    assert report["missing_values"] == {
+        "sub2": ["lh.aparc.thickness:lh_bankssts_thickness"], "sub3": ["lh.aparc.thickness:lh_cuneus_thickness"],
+        "sub4": ["lh.aparc.thickness:lh_bankssts_thickness", "lh.aparc.thickness:lh_cuneus_thickness"]}
+    table.write_text(header + "sub1\t2.5\tinf\n")
+    with pytest.raises(InputError, match=r"line 2, subject 'sub1', column 'lh_cuneus_thickness': non-finite cell "
+                                         "'inf'"):
+        fs.read_group_table(table)
+
+
+def test_sub_folders_with_tables_are_reported_not_read(tmp_path):
+    tables = fsw.group_tables_from_subjects(_subjects(2))
+    fsw.write_group_tables(tmp_path, {"aseg_stats.txt": tables["aseg_stats.txt"]})
+    fsw.write_group_tables(tmp_path / "aparc.a2009s", {"lh.aparc.area.txt": tables["lh.aparc.area.txt"]})
+    df = fs.read_freesurfer_dir(tmp_path)
+    assert all(c.startswith("aseg:") for c in df.columns)
+    assert df.attrs["report"]["unread_subfolders"] == [str(tmp_path / "aparc.a2009s")]

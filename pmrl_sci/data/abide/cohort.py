@@ -27,16 +27,17 @@ from pmrl_sci.data.abide.timeseries import (
     ATLAS_ROIS,
     DEFAULT_MIN_TIMEPOINTS,
     check_atlas,
-    find_roi_files,
     read_roi_timeseries,
+    scan_roi_files,
 )
 from pmrl_sci.io import atomic_save_npz, file_fingerprint, stable_hash
 
 logger = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, ...] = ("fmri", "smri", "text")
-COHORT_CACHE_VERSION = 1
+COHORT_CACHE_VERSION = 2
 _FS_TABLE_SUFFIXES = (".txt", ".tsv", ".csv")
+NO_FREESURFER_ROW = "no FreeSurfer row"
 
 
 @dataclass
@@ -180,7 +181,12 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
         and ``False`` in ``mask``; subjects with none are excluded. ``report`` holds
         ``n_phenotype``, ``excluded`` (sub_id, file_id, site, reason), ``connectivity``
         (zero-ROI counts), ``sites``, ``n_per_class``, ``missing_modalities``,
-        ``bad_files``, ``settings`` and ``cache`` (``"hit"`` or ``"miss"``).
+        ``bad_files``, ``duplicate_roi_files`` (FILE_ID -> identical copies not read),
+        ``smri_notes`` (FILE_ID -> why its sMRI is missing), ``settings``, ``cache``
+        (``"hit"`` or ``"miss"``) and ``counts``: subjects, duplicate_roi_files, bad_roi_files,
+        subjects_with_zero_rois, zero_rois, no_freesurfer_row, incomplete_freesurfer_row
+        (a missing value in the subject's FreeSurfer row: its sMRI is masked), fiq_missing
+        and excluded.
 
     Raises
     ------
@@ -203,8 +209,14 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
                 "text_model": text_model, "kinds": list(KINDS)}
 
     roi_files: dict[str, Path] = {}
+    duplicate_roi_files: dict[str, list[str]] = {}
     if "fmri" in modalities:
-        roi_files = find_roi_files(data_dir, atlas, pipeline, strategy)
+        scan = scan_roi_files(data_dir, atlas, pipeline, strategy)
+        roi_files = scan.files
+        duplicate_roi_files = {f: [str(p) for p in paths] for f, paths in scan.duplicates.items()}
+        if duplicate_roi_files:
+            logger.info("ABIDE: %d identical extra copies of ROI files in a second layout were skipped",
+                        scan.n_duplicates)
         if not roi_files:
             raise ValueError(f"modality 'fmri' requested but no '*_rois_{atlas}.1D' file was found under "
                              f"{data_dir} (pipeline {pipeline!r}, strategy {strategy!r}); check --atlas and the "
@@ -308,7 +320,9 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
         "n_missing": {m: int(len(rows) - available[m][keep].sum()) for m in modalities},
         "bad_files": bad_files, "smri_notes": smri_notes, "connectivity": conn_report,
         "n_fiq_missing": int(rows["FIQ"].isna().sum()),
+        "duplicate_roi_files": duplicate_roi_files,
     }
+    report["counts"] = _report_counts(report, list(rows["FILE_ID"]))
     cohort = AbideCohort(
         subject_ids=rows["FILE_ID"].astype(str).tolist(), sub_ids=rows["SUB_ID"].to_numpy(np.int64), sites=sites,
         labels=labels, age=rows["AGE_AT_SCAN"].to_numpy(np.float64), sex=rows["SEX"].to_numpy(np.int64),
@@ -321,6 +335,23 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
         _save_cache(cache_path, cohort)
         cohort.report["cache_file"] = str(cache_path)
     return cohort
+
+
+def _report_counts(report: dict[str, Any], file_ids: list[str]) -> dict[str, int]:
+    """The data report's summary: how many subjects (of the cohort) each data problem touched."""
+    notes = report["smri_notes"]
+    conn = report["connectivity"] or {}
+    return {
+        "subjects": report["n_subjects"],
+        "duplicate_roi_files": sum(len(paths) for paths in report["duplicate_roi_files"].values()),
+        "bad_roi_files": len(report["bad_files"]),
+        "subjects_with_zero_rois": int(conn.get("n_subjects_with_zero_rois", 0)),
+        "zero_rois": int(conn.get("total_zero_rois", 0)),
+        "no_freesurfer_row": sum(notes.get(f) == NO_FREESURFER_ROW for f in file_ids),
+        "incomplete_freesurfer_row": sum(f in notes and notes[f] != NO_FREESURFER_ROW for f in file_ids),
+        "fiq_missing": report["n_fiq_missing"],
+        "excluded": report["n_excluded"],
+    }
 
 
 def _check_modalities(modalities: Sequence[str]) -> list[str]:
@@ -377,7 +408,7 @@ def _read_smri(fs_dir: Path, phenotype: pd.DataFrame, rows: pd.DataFrame
     for i, (file_id, sub) in enumerate(zip(rows["FILE_ID"], rows["SUB_ID"].astype(int))):
         key = matched.get(f"sub:{sub}")
         if key is None:
-            notes[file_id] = "no FreeSurfer row"
+            notes[file_id] = NO_FREESURFER_ROW
             continue
         row = numeric[position[key]]
         if not np.all(np.isfinite(row)):
@@ -396,7 +427,7 @@ def _missing_reason(modality: str, file_id: str, roi_files: dict[str, Path], bad
             return f"fmri: bad ROI file ({bad_files[file_id]})"
         return "fmri: no ROI file"
     if modality == "smri":
-        return f"smri: {smri_notes.get(file_id, 'no FreeSurfer row')}"
+        return f"smri: {smri_notes.get(file_id, NO_FREESURFER_ROW)}"
     return f"{modality}: missing"
 
 

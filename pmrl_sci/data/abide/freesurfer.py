@@ -18,6 +18,8 @@ unprefixed ``BrainSegVolNotVent`` and ``eTIV`` in every aparc table.
 from __future__ import annotations
 
 import csv
+import logging
+import math
 import os
 import re
 import warnings
@@ -28,6 +30,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from pmrl_sci.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "APARC_GLOBALS",
@@ -157,7 +163,7 @@ def _parse_stats_file(path: Path, required: Iterable[str]) -> _StatsFile:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read the FreeSurfer stats file: {exc}") from exc
+        raise InputError(f"{path}: cannot read the FreeSurfer stats file: {exc}") from exc
     measures: list[tuple[str, str, float]] = []
     columns: list[str] | None = None
     rows: list[list[str]] = []
@@ -170,36 +176,47 @@ def _parse_stats_file(path: Path, required: Iterable[str]) -> _StatsFile:
             if body.startswith("Measure "):
                 parts = [p.strip() for p in body[len("Measure "):].split(",")]
                 if len(parts) < 4:
-                    raise ValueError(f"{path}, line {lineno}: a '# Measure' line needs "
+                    raise InputError(f"{path}, line {lineno}: a '# Measure' line needs "
                                      f"'<name>, <short name>, <description>, <value>, <units>'; got {line!r}")
                 measures.append((parts[0], parts[1], _to_float(parts[3], path, f"line {lineno} (# Measure value)")))
             elif body.startswith("ColHeaders"):
                 columns = body.split()[1:]
             continue
         if columns is None:
-            raise ValueError(f"{path}, line {lineno}: data row before the '# ColHeaders' line; expected the "
+            raise InputError(f"{path}, line {lineno}: data row before the '# ColHeaders' line; expected the "
                              "FreeSurfer stats layout ('# ColHeaders ...' then whitespace-separated rows)")
         cells = stripped.split()
         if len(cells) != len(columns):
-            raise ValueError(f"{path}, line {lineno}: {len(cells)} fields, but '# ColHeaders' names "
+            raise InputError(f"{path}, line {lineno}: {len(cells)} fields, but '# ColHeaders' names "
                              f"{len(columns)} ({' '.join(columns)})")
         rows.append(cells)
     if columns is None:
-        raise ValueError(f"{path}: no '# ColHeaders' line; expected a FreeSurfer stats file "
+        raise InputError(f"{path}: no '# ColHeaders' line; expected a FreeSurfer stats file "
                          f"with columns {' '.join(required)}")
     missing = [c for c in required if c not in columns]
     if missing:
-        raise ValueError(f"{path}: '# ColHeaders' lacks column(s) {missing}; found {columns}")
+        raise InputError(f"{path}: '# ColHeaders' lacks column(s) {missing}; found {columns}")
     if not rows:
-        raise ValueError(f"{path}: empty table (a '# ColHeaders' line but no data rows)")
+        raise InputError(f"{path}: empty table (a '# ColHeaders' line but no data rows)")
     return _StatsFile(measures=measures, columns=columns, rows=rows)
+
+
+def _table_value(cell: str, path: Path, where: str) -> float:
+    """A group-table cell: a finite number, or NaN for a missing value (a blank cell or ``NaN``)."""
+    if not cell or cell.lower() == "nan":
+        return math.nan
+    value = _to_float(cell, path, where)
+    if not math.isfinite(value):
+        raise InputError(f"{path}, {where}: non-finite cell {cell!r}; expected a number (or a blank cell or NaN "
+                         "for a missing value)")
+    return value
 
 
 def _to_float(cell: str, path: Path, where: str) -> float:
     try:
         return float(cell)
     except ValueError:
-        raise ValueError(f"{path}, {where}: non-numeric cell {cell!r}; expected a number") from None
+        raise InputError(f"{path}, {where}: non-numeric cell {cell!r}; expected a number") from None
 
 
 def _struct_values(stats: _StatsFile, path: Path, column: str) -> dict[str, float]:
@@ -208,7 +225,7 @@ def _struct_values(stats: _StatsFile, path: Path, column: str) -> dict[str, floa
     for cells in stats.rows:
         name = cells[name_at]
         if name in out:
-            raise ValueError(f"{path}: structure {name!r} appears twice; expected one row per StructName")
+            raise InputError(f"{path}: structure {name!r} appears twice; expected one row per StructName")
         out[name] = _to_float(cells[value_at], path, f"structure {name!r}, column {column}")
     return out
 
@@ -229,7 +246,7 @@ def read_aseg_stats(path: str | os.PathLike[str]) -> dict[str, float]:
 
     Raises
     ------
-    ValueError
+    InputError
         Naming the file when the ``# ColHeaders`` line, the ``StructName`` / ``Volume_mm3`` columns or
         the data rows are missing, a cell is not a number, or a structure repeats.
     """
@@ -262,17 +279,17 @@ def read_aparc_stats(path: str | os.PathLike[str], hemi: str | None = None) -> d
 
     Raises
     ------
-    ValueError
+    InputError
         As :func:`read_aseg_stats`, or when the hemisphere cannot be told from the file name.
     """
     path = Path(path)
     match = re.match(r"^(lh|rh)\.(.+)\.stats$", path.name)
     if hemi is None:
         if match is None:
-            raise ValueError(f"{path}: cannot tell the hemisphere; expected a file named '<lh|rh>.<parc>.stats'")
+            raise InputError(f"{path}: cannot tell the hemisphere; expected a file named '<lh|rh>.<parc>.stats'")
         hemi = match.group(1)
     if hemi not in _HEMIS:
-        raise ValueError(f"{path}: hemi must be 'lh' or 'rh', got {hemi!r}")
+        raise InputError(f"{path}: hemi must be 'lh' or 'rh', got {hemi!r}")
     parc = match.group(2) if match is not None else "aparc"
     stats = _parse_stats_file(path, ("StructName", *(APARC_MEASURE_COLUMNS[m] for m in SUBJECT_APARC_MEASURES)))
     tables: dict[str, dict[str, float]] = {}
@@ -331,48 +348,52 @@ def read_group_table(path: str | os.PathLike[str]) -> tuple[str, pd.DataFrame]:
 
     Raises
     ------
-    ValueError
+    InputError
         Naming the file: unrecognised first header cell, empty table, duplicated column or subject,
-        a row with the wrong number of cells, or a non-numeric cell (with its subject and column).
+        a row with the wrong number of cells, or a non-numeric or infinite cell (with its line, subject
+        and column). A blank cell or ``NaN`` is a missing value: NaN in the table (pandas writes a missing
+        value as a blank cell, numpy as ``nan``); ``table.attrs["n_missing_values"]`` counts them.
     """
     path = Path(path)
     try:
-        lines = [ln for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+        numbered = [(n, ln) for n, ln in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1)
+                    if ln.strip()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the table: {exc}") from exc
+        raise InputError(f"{path}: cannot read the table: {exc}") from exc
+    lines = [ln for _, ln in numbered]
     if not lines:
-        raise ValueError(f"{path}: empty file; expected an asegstats2table / aparcstats2table table")
+        raise InputError(f"{path}: empty file; expected an asegstats2table / aparcstats2table table")
     header = [cell.strip() for cell in _split(lines[0])]
     name = _table_name(header[0], path)
     if name is None:
-        raise ValueError(f"{path}: first header cell {header[0]!r} is not a FreeSurfer group-table header; "
+        raise InputError(f"{path}: first header cell {header[0]!r} is not a FreeSurfer group-table header; "
                          "expected 'Measure:volume' (asegstats2table) or '<lh|rh>.<parc>.<measure>' "
                          "such as 'lh.aparc.thickness' (aparcstats2table)")
     columns = header[1:]
     if not columns:
-        raise ValueError(f"{path}: the header names no measure column after {header[0]!r}")
+        raise InputError(f"{path}: the header names no measure column after {header[0]!r}")
     duplicated = sorted({c for c in columns if columns.count(c) > 1})
     if duplicated:
-        raise ValueError(f"{path}: duplicated column(s) {duplicated}")
+        raise InputError(f"{path}: duplicated column(s) {duplicated}")
     if len(lines) == 1:
-        raise ValueError(f"{path}: empty table (a header but no subject rows)")
+        raise InputError(f"{path}: empty table (a header but no subject rows)")
     keys: list[str] = []
     values = np.empty((len(lines) - 1, len(columns)), dtype=np.float64)
     first_line: dict[str, int] = {}
-    for row, line in enumerate(lines[1:]):
-        lineno = row + 2
+    for row, (lineno, line) in enumerate(numbered[1:]):
         cells = [cell.strip() for cell in _split(line)]
         if len(cells) != len(header):
-            raise ValueError(f"{path}, line {lineno}: {len(cells)} cells, the header has {len(header)}")
+            raise InputError(f"{path}, line {lineno}: {len(cells)} cells, the header has {len(header)}")
         key = cells[0]
         if key in first_line:
-            raise ValueError(f"{path}: duplicated subject {key!r} (lines {first_line[key]} and {lineno}); "
+            raise InputError(f"{path}: duplicated subject {key!r} (lines {first_line[key]} and {lineno}); "
                              "expected one row per subject")
         first_line[key] = lineno
         keys.append(key)
         for col, cell in enumerate(cells[1:]):
-            values[row, col] = _to_float(cell, path, f"subject {key!r}, column {columns[col]!r}")
+            values[row, col] = _table_value(cell, path, f"line {lineno}, subject {key!r}, column {columns[col]!r}")
     table = pd.DataFrame(values, index=pd.Index(keys, dtype=object, name="subject"), columns=columns)
+    table.attrs["n_missing_values"] = int(np.isnan(values).sum())
     return name, table
 
 
@@ -391,7 +412,7 @@ class _Collector:
     def add(self, table: str, subject: str, values: Mapping[str, float], source: str) -> None:
         previous = self.origin.get((table, subject))
         if previous is not None:
-            raise ValueError(f"duplicated subject {subject!r} in table {table!r}: given by {previous} and "
+            raise InputError(f"duplicated subject {subject!r} in table {table!r}: given by {previous} and "
                              f"by {source}; expected each subject once per table")
         self.origin[(table, subject)] = source
         self.rows.setdefault(table, {})[subject] = dict(values)
@@ -429,17 +450,20 @@ def read_freesurfer_dir(path: str | os.PathLike[str], strict: bool = False,
         Index ``subject`` (str keys exactly as written: table rows or folder names); columns
         ``<table>:<measure>`` (e.g. ``aseg:Left-Hippocampus``, ``lh.aparc.thickness:lh_bankssts_thickness``),
         float64, tables in sorted order. A subject missing from a table has NaN there (with a
-        warning). ``df.attrs["report"]`` holds: ``tables`` (files, subjects, features per table),
-        ``missing_tables`` (subject -> tables it lacks), ``skipped_files``, ``dropped_columns``,
-        ``n_subjects`` and ``n_features``.
+        warning); a blank or ``NaN`` cell of a group table is a missing value (NaN) too. The ABIDE
+        loader masks the sMRI of a subject with any NaN and counts it. ``df.attrs["report"]`` holds:
+        ``tables`` (files, subjects, features, missing values per table), ``missing_tables`` (subject
+        -> tables it lacks), ``missing_values`` (subject -> features with a blank or NaN cell),
+        ``skipped_files``, ``unread_subfolders`` (sub-folders holding tables, which are not read: pass
+        one as ``path`` to read it), ``dropped_columns``, ``n_subjects`` and ``n_features``.
 
     Raises
     ------
     FileNotFoundError
         When ``path`` is not a folder.
-    ValueError
+    InputError
         When nothing readable is found, or naming the file for an unrecognised header (``strict``),
-        empty table, non-numeric cell or duplicated subject.
+        empty table, non-numeric or infinite cell or duplicated subject.
     """
     path = Path(path)
     if not path.is_dir():
@@ -453,14 +477,15 @@ def read_freesurfer_dir(path: str | os.PathLike[str], strict: bool = False,
             first = ""
         if not first or _table_name(_split(first)[0].strip(), file) is None:
             if strict:
-                raise ValueError(f"{file}: no recognised FreeSurfer group-table header; expected the first "
+                raise InputError(f"{file}: no recognised FreeSurfer group-table header; expected the first "
                                  "cell 'Measure:volume' or '<lh|rh>.<parc>.<measure>'")
             skipped.append(str(file))
             continue
         name, table = read_group_table(file)
         for key, row in zip(table.index, table.to_numpy()):
             collector.add(name, str(key), dict(zip(table.columns, row.tolist())), str(file))
-    for subject_dir in _subject_dirs(path):
+    subject_dirs = _subject_dirs(path)
+    for subject_dir in subject_dirs:
         subject = subject_dir.name
         stats = subject_dir / "stats"
         if (stats / "aseg.stats").is_file():
@@ -471,14 +496,20 @@ def read_freesurfer_dir(path: str | os.PathLike[str], strict: bool = False,
                 for name, values in read_aparc_stats(file, hemi).items():
                     collector.add(name, subject, values, str(file))
     if not collector.rows:
-        raise ValueError(f"{path}: no FreeSurfer data found; expected group tables (*.txt/*.tsv/*.csv whose "
+        raise InputError(f"{path}: no FreeSurfer data found; expected group tables (*.txt/*.tsv/*.csv whose "
                          "first header cell is 'Measure:volume' or '<lh|rh>.<parc>.<measure>') or per-subject "
                          "folders '<subject>/stats/{aseg,lh.aparc,rh.aparc}.stats'"
                          + (f" (skipped non-table files: {[Path(s).name for s in skipped]})" if skipped else ""))
-    return _assemble(collector, path, skipped, drop_duplicate_globals)
+    unread = sorted(str(d) for d in path.iterdir() if d.is_dir() and d not in subject_dirs
+                    and any(f.is_file() and f.suffix.lower() in _TABLE_SUFFIXES for f in d.iterdir()))
+    if unread:
+        logger.info("%s: tables in sub-folders are not read: %s (pass a sub-folder as the FreeSurfer folder "
+                    "to read its tables)", path, unread)
+    return _assemble(collector, path, skipped, unread, drop_duplicate_globals)
 
 
-def _assemble(collector: _Collector, path: Path, skipped: list[str], drop_duplicate_globals: bool) -> pd.DataFrame:
+def _assemble(collector: _Collector, path: Path, skipped: list[str], unread: list[str],
+              drop_duplicate_globals: bool) -> pd.DataFrame:
     names = sorted(collector.rows, key=lambda n: (not n.startswith("aseg"), n))
     aseg_columns = set().union(*(row.keys() for row in collector.rows.get("aseg", {}).values()))
     blocks: list[pd.DataFrame] = []
@@ -501,7 +532,8 @@ def _assemble(collector: _Collector, path: Path, skipped: list[str], drop_duplic
                 else:
                     kept_globals.add(column)
         table_report[name] = {"files": collector.files[name], "n_subjects": len(rows),
-                              "n_features": int(block.shape[1])}
+                              "n_features": int(block.shape[1]),
+                              "n_missing_values": int(block.isna().to_numpy().sum())}
         block.columns = [f"{name}:{c}" for c in block.columns]
         blocks.append(block)
     df = pd.concat(blocks, axis=1, join="outer")
@@ -509,6 +541,10 @@ def _assemble(collector: _Collector, path: Path, skipped: list[str], drop_duplic
     df = df.reindex(pd.Index(subjects, dtype=object, name="subject")).astype(np.float64)
     missing = {s: [n for n in names if s not in collector.rows[n]] for s in subjects}
     missing = {s: tables for s, tables in missing.items() if tables}
+    # missing values inside rows that exist (blank or NaN cells), as opposed to whole missing tables
+    in_rows = {s: [f"{n}:{c}" for n in names for c, v in collector.rows[n].get(s, {}).items() if math.isnan(v)]
+               for s in subjects}
+    missing_values = {s: cells for s, cells in in_rows.items() if cells}
     if missing:
         warnings.warn(f"{path}: {len(missing)} of {len(subjects)} subjects miss at least one FreeSurfer table "
                       f"(their features there are NaN), e.g. {next(iter(missing))!r} misses "
@@ -517,6 +553,8 @@ def _assemble(collector: _Collector, path: Path, skipped: list[str], drop_duplic
         "path": str(path),
         "tables": table_report,
         "missing_tables": missing,
+        "missing_values": missing_values,
+        "unread_subfolders": unread,
         "skipped_files": skipped,
         "dropped_columns": dropped,
         "n_subjects": int(df.shape[0]),
