@@ -8,6 +8,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,3 +95,41 @@ def postgres_url() -> Iterator[str]:
         if started:
             run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+#: The real development data (see ../shared/data/README.md): beside the clone, as CI has it.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ABIDE_DEV_ARCHIVE = SHARED_DATA / "abide-dev.tar.xz"
+
+
+@pytest.fixture(scope="session")
+def abide_dev(request: pytest.FixtureRequest) -> Path:
+    """The real ABIDE development files (``abide-dev/``), extracted once into pytest's cache folder.
+
+    The archive (about 54 MB, 140 MB extracted) takes a few seconds to extract; the tree is kept in
+    ``.pytest_cache/d/abide-dev-<size>-<mtime>`` and reused by later sessions. Skips, saying why, when
+    ``../shared/data`` (relative to the repository root) or the archive is absent. These files are never
+    copied into the repository.
+    """
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real ABIDE dev data not available: {SHARED_DATA} is absent (CI has ../shared/data beside "
+                    "the clone)")
+    if not ABIDE_DEV_ARCHIVE.is_file():
+        pytest.skip(f"real ABIDE dev data not available: {ABIDE_DEV_ARCHIVE} is absent")
+    stat = ABIDE_DEV_ARCHIVE.stat()
+    cache = Path(request.config.cache.mkdir(f"abide-dev-{stat.st_size}-{stat.st_mtime_ns}"))
+    tree = cache / "abide-dev"
+    if not (cache / "complete").is_file():
+        shutil.rmtree(tree, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix="extract-", dir=cache))
+        try:
+            with tarfile.open(ABIDE_DEV_ARCHIVE, "r:xz") as archive:
+                if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4: refuse links out of the tree
+                    archive.extractall(staging, filter="data")
+                else:
+                    archive.extractall(staging)
+            (staging / "abide-dev").rename(tree)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        (cache / "complete").write_text("extracted\n")
+    return tree
