@@ -6,11 +6,16 @@ in [0, 1] (ranks excepted).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
+
+
+class UndefinedAUCWarning(UserWarning):
+    """An AUC asked of labels that hold one class only (the value is NaN)."""
 
 
 def binary_classification_metrics(y_true: Sequence[int] | np.ndarray, score: Sequence[float] | np.ndarray,
@@ -25,6 +30,12 @@ def binary_classification_metrics(y_true: Sequence[int] | np.ndarray, score: Seq
         Predicted probability of class 1.
     threshold : float
         Decision threshold on ``score``.
+
+    Returns
+    -------
+    dict of str to float
+        ``auc`` (NaN, with an :class:`UndefinedAUCWarning`, when ``y_true`` holds one class),
+        ``accuracy``, ``sensitivity`` and ``specificity`` (NaN when their class is absent).
     """
     y_true = np.asarray(y_true).astype(int)
     score = np.asarray(score, dtype=float)
@@ -34,7 +45,14 @@ def binary_classification_metrics(y_true: Sequence[int] | np.ndarray, score: Seq
         raise ValueError("scores contain NaN or inf")
     pred = (score >= threshold).astype(int)
     tn, fp, fn, tp = confusion_matrix(y_true, pred, labels=[0, 1]).ravel()
-    auc = float(roc_auc_score(y_true, score)) if len(np.unique(y_true)) == 2 else float("nan")
+    present = np.unique(y_true)
+    if len(present) == 2:
+        auc = float(roc_auc_score(y_true, score))
+    else:
+        auc = float("nan")
+        warnings.warn(f"AUC is undefined (NaN): the {len(y_true)} evaluated subjects all have label "
+                      f"{present.tolist()}; a test part needs both classes (fewer folds, or a larger test part)",
+                      UndefinedAUCWarning, stacklevel=2)
     return {
         "auc": auc,
         "accuracy": float(accuracy_score(y_true, pred)),

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from pmrl_sci.data.splits import bnt_split, stratified_site_folds, stratum_keys
+from pmrl_sci.errors import InputError
+from pmrl_sci.metrics import UndefinedAUCWarning, binary_classification_metrics
 
 
 def _cohort(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -74,3 +76,22 @@ def test_stratum_keys_fallback() -> None:
     assert list(keys[:4]) == ["A|0", "A|1", "A|0", "A|1"]
     assert keys[4] == keys[5] == "B|0"
     assert Counter(keys)[keys[6]] >= 2  # the single C subject joined a larger stratum
+
+
+def test_folds_beyond_the_smallest_class_are_refused() -> None:
+    """With more folds than subjects of a class some test folds lack it: AUC NaN. Refused, saying why."""
+    labels = np.array([1] * 4 + [0] * 26)
+    sites = np.array(["NYU", "UM_1"] * 15)
+    with pytest.raises(InputError, match=r"--folds 5 is too many: the smallest class \(label 1\) has only 4 "
+                                         r"subjects \(label 0: 26, label 1: 4\).*use --folds 4 or fewer.*"
+                                         r"smallest site\|label stratum, 'NYU\|1', has 2 subjects"):
+        stratified_site_folds(labels, sites, n_folds=5, seed=0)
+    folds = stratified_site_folds(labels, sites, n_folds=4, seed=0, val_fraction=0.0)
+    assert all(set(labels[test]) == {0, 1} for _, _, test in folds)  # every test fold has both classes
+
+
+def test_auc_of_one_class_warns() -> None:
+    with pytest.warns(UndefinedAUCWarning, match=r"AUC is undefined \(NaN\): the 3 evaluated subjects all have "
+                                                  r"label \[0\]"):
+        metrics = binary_classification_metrics([0, 0, 0], [0.2, 0.4, 0.9])
+    assert np.isnan(metrics["auc"]) and metrics["specificity"] == pytest.approx(2 / 3)

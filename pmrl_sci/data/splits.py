@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
+from pmrl_sci.errors import InputError
+
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -108,6 +110,21 @@ def _safe_keys(labels: np.ndarray, sites: np.ndarray, n_a: int, n_b: int) -> np.
     return np.zeros(len(labels), dtype=str)
 
 
+def _check_folds_fit_classes(labels: np.ndarray, sites: np.ndarray, n_folds: int) -> None:
+    """Refuse ``n_folds`` larger than the smallest class: a test fold without a class has no AUC."""
+    classes = Counter(labels.tolist())
+    smallest_class, smallest = min(classes.items(), key=lambda item: (item[1], str(item[0])))
+    if len(classes) < 2 or smallest >= n_folds:
+        return
+    strata = Counter(f"{site}|{label}" for site, label in zip(sites.astype(str), labels.tolist()))
+    stratum, stratum_count = min(strata.items(), key=lambda item: (item[1], item[0]))
+    counts = ", ".join(f"label {c}: {k}" for c, k in sorted(classes.items(), key=lambda item: str(item[0])))
+    raise InputError(f"--folds {n_folds} is too many: the smallest class (label {smallest_class}) has only "
+                     f"{smallest} subjects ({counts}), so some test folds would lack it and their AUC would be "
+                     f"undefined (NaN); use --folds {max(2, smallest)} or fewer (the smallest site|label stratum, "
+                     f"{stratum!r}, has {stratum_count} subjects; strata smaller than --folds are pooled)")
+
+
 def stratified_site_folds(labels: Sequence[int] | np.ndarray, sites: Sequence[str] | np.ndarray, n_folds: int,
                           seed: int, val_fraction: float = 0.1) -> list[Split]:
     """K folds stratified by ``diagnosis x site``, each with a validation part carved from its training part.
@@ -131,7 +148,15 @@ def stratified_site_folds(labels: Sequence[int] | np.ndarray, sites: Sequence[st
     Returns
     -------
     list of (train_idx, val_idx, test_idx)
-        Sorted, disjoint index arrays; the test parts partition ``range(N)``.
+        Sorted, disjoint index arrays; the test parts partition ``range(N)``; every test part holds
+        every class.
+
+    Raises
+    ------
+    InputError
+        When a class has fewer subjects than ``n_folds`` (some test folds would lack it and their AUC
+        would be undefined); the message names ``--folds``, the class counts and the smallest
+        ``site|label`` stratum.
     """
     labels, sites = _check(labels, sites)
     n = len(labels)
@@ -139,6 +164,7 @@ def stratified_site_folds(labels: Sequence[int] | np.ndarray, sites: Sequence[st
         raise ValueError(f"n_folds must be in [2, {n}] for {n} subjects, got {n_folds}")
     if not 0 <= val_fraction < 1 - 1 / n_folds:
         raise ValueError(f"val_fraction must be in [0, {1 - 1 / n_folds:.2f}), got {val_fraction}")
+    _check_folds_fit_classes(labels, sites, n_folds)
     keys = stratum_keys(labels, sites, n_folds)
     if min(Counter(keys).values()) < n_folds:  # even the pooled strata are too small: stratify by diagnosis
         keys = stratum_keys(labels, np.zeros(n, dtype=str), n_folds)
