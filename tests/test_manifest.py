@@ -19,6 +19,7 @@ from pmrl_sci.data.manifest import (
 )
 from pmrl_sci.data.nyudv2 import nyudv2_to_manifest
 from pmrl_sci.data.tvl import clean_caption, tvl_to_manifest
+from pmrl_sci.errors import InputError
 
 
 def _png(path, rgb, size=(10, 8)) -> None:
@@ -77,7 +78,7 @@ def test_manifest_bad_input_is_named(tmp_path) -> None:
         read_manifest(path)
     assert read_manifest(path, kinds={"smell": "text"}).kinds["smell"] == "text"
     path.write_text(json.dumps({"vision": "img/missing.png"}) + "\n")
-    with pytest.raises(FileNotFoundError, match=r"row 1, column 'vision'.*missing\.png"):
+    with pytest.raises(InputError, match=r"row 1, column 'vision'.*missing\.png"):
         read_manifest(path)
     with pytest.raises(FileNotFoundError, match="nothing.jsonl"):
         read_manifest(tmp_path / "nothing.jsonl")

@@ -35,14 +35,30 @@ from typing import Any
 import numpy as np
 import torch
 
-KINDS = ("image", "video", "depth", "audio", "features", "text")
+from pmrl_sci.data.media import (
+    KINDS,
+    LoadOptions,
+    load_cell,
+    load_depth,
+    load_features,
+    load_image,
+    load_video,
+    load_wav,
+)
+from pmrl_sci.errors import InputError
+
+__all__ = [
+    "KINDS", "RESERVED_COLUMNS", "LoadOptions", "LoadedData", "Manifest", "load_cell", "load_depth",
+    "load_features", "load_image", "load_manifest_data", "load_video", "load_wav", "modality_kind",
+    "read_manifest", "write_manifest",
+]
+
 RESERVED_COLUMNS = ("id", "label", "split")
 _KIND_BY_NAME = {
     "vision": "image", "image": "image", "rgb": "image", "touch": "image", "tactile": "image",
     "video": "video", "frames": "video", "depth": "depth", "audio": "audio", "features": "features",
     "text": "text", "caption": "text", "subtitle": "text", "description": "text",
 }
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 def modality_kind(column: str, kinds: Mapping[str, str] | None = None, *, source: str = "manifest") -> str:
@@ -50,19 +66,19 @@ def modality_kind(column: str, kinds: Mapping[str, str] | None = None, *, source
 
     Raises
     ------
-    ValueError
+    InputError
         For a column that names no known modality, naming ``source`` and the accepted names.
     """
     if kinds and column in kinds:
         kind = kinds[column]
         if kind not in KINDS:
-            raise ValueError(f"{source}: kind {kind!r} given for column {column!r} is not one of {KINDS}")
+            raise InputError(f"{source}: kind {kind!r} given for column {column!r} is not one of {KINDS}")
         return kind
     if column in _KIND_BY_NAME:
         return _KIND_BY_NAME[column]
     if column.endswith("_features") or column.startswith("features_"):
         return "features"
-    raise ValueError(f"{source}: column {column!r} is not a known modality. Modality columns are "
+    raise InputError(f"{source}: column {column!r} is not a known modality. Modality columns are "
                      f"{sorted(_KIND_BY_NAME)} or '*_features'; reserved columns are {list(RESERVED_COLUMNS)}; "
                      "name the kind of other columns with kinds={column: kind}")
 
@@ -91,6 +107,10 @@ class Manifest:
         Per modality, one cell per row: an absolute path string, a text, or ``None`` when missing.
     ids, labels, splits : list
         Reserved columns (``None`` where absent).
+    duplicates : list of list of int
+        Groups of rows (0-based) that name the same files and texts in every modality column. Rows of one
+        group never sit in different ``split`` parts (:func:`read_manifest` refuses that); a splitter must
+        keep each group in one part (:meth:`row_groups`).
     """
 
     path: Path
@@ -100,6 +120,7 @@ class Manifest:
     ids: list[str]
     labels: list[str | None]
     splits: list[str | None]
+    duplicates: list[list[int]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -116,20 +137,30 @@ class Manifest:
         counts["rows_with_missing"] = int((~present).any(axis=1).sum()) if present.size else 0
         return counts
 
+    def row_groups(self) -> np.ndarray:
+        """Group number per row: repeated rows (:attr:`duplicates`) share one, every other row has its own."""
+        groups = np.arange(len(self))
+        for group in self.duplicates:
+            groups[group] = group[0]
+        return groups
+
     def subset(self, indices: Sequence[int]) -> Manifest:
         """Rows ``indices`` as a new manifest."""
         idx = [int(i) for i in indices]
-        return Manifest(self.path, list(self.modalities), dict(self.kinds),
-                        {m: [v[i] for i in idx] for m, v in self.values.items()},
-                        [self.ids[i] for i in idx], [self.labels[i] for i in idx], [self.splits[i] for i in idx])
+        values = {m: [v[i] for i in idx] for m, v in self.values.items()}
+        return Manifest(self.path, list(self.modalities), dict(self.kinds), values,
+                        [self.ids[i] for i in idx], [self.labels[i] for i in idx], [self.splits[i] for i in idx],
+                        _duplicate_groups(values, list(self.modalities), self.kinds))
 
     def select(self, modalities: Sequence[str]) -> Manifest:
         """The same rows restricted to ``modalities`` (each must be a column)."""
         unknown = [m for m in modalities if m not in self.values]
         if unknown:
-            raise ValueError(f"{self.path}: no column for modalities {unknown}; it has {self.modalities}")
-        return Manifest(self.path, list(modalities), {m: self.kinds[m] for m in modalities},
-                        {m: self.values[m] for m in modalities}, self.ids, self.labels, self.splits)
+            raise InputError(f"{self.path}: no column for modalities {unknown}; it has {self.modalities}")
+        values = {m: self.values[m] for m in modalities}
+        kinds = {m: self.kinds[m] for m in modalities}
+        return Manifest(self.path, list(modalities), kinds, values, self.ids, self.labels, self.splits,
+                        _duplicate_groups(values, list(modalities), kinds))
 
     def split_indices(self, split: str) -> list[int]:
         """Rows whose ``split`` equals ``split``."""
@@ -138,23 +169,72 @@ class Manifest:
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".ndjson", ".csv"):
+        raise InputError(f"{path}: manifest must be .jsonl or .csv, got {suffix!r}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the manifest as "
+                         "UTF-8") from None
     if suffix in (".jsonl", ".ndjson"):
         rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+                raise InputError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {number}: expected a JSON object per line, got {type(row).__name__}")
+                raise InputError(f"{path}, line {number}: expected a JSON object per line, got {type(row).__name__}")
             rows.append(row)
         return rows
-    if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            return [dict(row) for row in csv.DictReader(handle)]
-    raise ValueError(f"{path}: manifest must be .jsonl or .csv, got {suffix!r}")
+    reader = csv.reader(text.splitlines())
+    header = next(reader, None)
+    if header is None:
+        return []
+    header = [cell.strip() for cell in header]
+    blank = [i + 1 for i, cell in enumerate(header) if not cell]
+    if blank:
+        raise InputError(f"{path}, line 1: header cell(s) {blank} are blank; every column needs a name")
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise InputError(f"{path}, line 1: column(s) {repeated} appear more than once in the header")
+    rows = []
+    for cells in reader:
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) != len(header):
+            raise InputError(f"{path}, line {reader.line_num}: {len(cells)} cells, the header has {len(header)} "
+                             f"({', '.join(header)}); leave a missing modality's cell blank, keeping its comma")
+        rows.append(dict(zip(header, cells)))
+    return rows
+
+
+def _duplicate_groups(values: Mapping[str, list[str | None]], modalities: list[str],
+                      kinds: Mapping[str, str]) -> list[list[int]]:
+    """Rows naming the same files and texts in every modality column (rows without any file are not compared)."""
+    files = [m for m in modalities if kinds[m] != "text"]
+    n_rows = len(values[modalities[0]]) if modalities else 0
+    seen: dict[tuple[str | None, ...], list[int]] = {}
+    for i in range(n_rows):
+        if all(values[m][i] is None for m in files):
+            continue
+        seen.setdefault(tuple(values[m][i] for m in modalities), []).append(i)
+    return [rows for rows in seen.values() if len(rows) > 1]
+
+
+def _check_duplicates_in_one_part(path: Path, groups: list[list[int]], splits: list[str | None],
+                                  values: Mapping[str, list[str | None]], modalities: list[str]) -> None:
+    """Refuse repeated rows in different ``split`` parts: the same instance would be trained on and tested."""
+    for group in groups:
+        parts = {splits[i] for i in group} - {None}  # rows without a split part are not compared
+        if len(parts) > 1:
+            first = group[0]
+            cells = ", ".join(f"{m}={values[m][first]!r}" for m in modalities if values[m][first] is not None)
+            raise InputError(f"{path}: rows {', '.join(str(i + 1) for i in group)} are the same instance ({cells}) "
+                             f"but sit in different split parts {sorted(parts)}: a repeated row in both train and "
+                             "test leaks the test set; remove the repeats or give them one split")
 
 
 def read_manifest(path: str | os.PathLike[str], modalities: Sequence[str] | None = None,
@@ -172,19 +252,26 @@ def read_manifest(path: str | os.PathLike[str], modalities: Sequence[str] | None
     check_files : bool
         Fail early, naming the file, row and column, when a path cell points to nothing.
 
+    Returns
+    -------
+    Manifest
+        With :attr:`Manifest.duplicates`, the groups of repeated rows (same files and texts).
+
     Raises
     ------
     FileNotFoundError
-        The manifest or a file it names does not exist.
-    ValueError
-        Unknown modality column, a requested modality without a column, an empty manifest.
+        The manifest does not exist.
+    InputError
+        A file it names does not exist (naming the row and column), unknown modality column, a requested
+        modality without a column, an empty manifest, a CSV row whose cell count differs from the header's,
+        or a row repeated (same files and texts) in different ``split`` parts.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
     rows = _read_rows(path)
     if not rows:
-        raise ValueError(f"{path}: the manifest has no rows")
+        raise InputError(f"{path}: the manifest has no rows")
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
@@ -194,10 +281,10 @@ def read_manifest(path: str | os.PathLike[str], modalities: Sequence[str] | None
     else:
         missing = [m for m in modalities if m not in columns]
         if missing:
-            raise ValueError(f"{path}: no column for modalities {missing}; columns are {columns}")
+            raise InputError(f"{path}: no column for modalities {missing}; columns are {columns}")
     modalities = list(modalities)
     if not modalities:
-        raise ValueError(f"{path}: no modality columns (columns: {columns})")
+        raise InputError(f"{path}: no modality columns (columns: {columns})")
     resolved_kinds = {m: modality_kind(m, kinds, source=str(path)) for m in modalities}
     root = path.parent
     values: dict[str, list[str | None]] = {m: [] for m in modalities}
@@ -212,13 +299,15 @@ def read_manifest(path: str | os.PathLike[str], modalities: Sequence[str] | None
                 file = Path(cell).expanduser()
                 file = file if file.is_absolute() else root / file
                 if check_files and not file.exists():
-                    raise FileNotFoundError(f"{path}, row {number}, column {m!r}: file {file} does not exist")
+                    raise InputError(f"{path}, row {number}, column {m!r}: file {file} does not exist")
                 cell = str(file)
             values[m].append(cell)
     ids = [str(row["id"]) if not _is_blank(row.get("id")) else str(i) for i, row in enumerate(rows)]
     labels = [None if _is_blank(row.get("label")) else str(row["label"]) for row in rows]
     splits = [None if _is_blank(row.get("split")) else str(row["split"]).strip().lower() for row in rows]
-    return Manifest(path, modalities, resolved_kinds, values, ids, labels, splits)
+    duplicates = _duplicate_groups(values, modalities, resolved_kinds)
+    _check_duplicates_in_one_part(path, duplicates, splits, values, modalities)
+    return Manifest(path, modalities, resolved_kinds, values, ids, labels, splits, duplicates)
 
 
 def write_manifest(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
@@ -241,148 +330,11 @@ def write_manifest(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[st
             for row in rows:
                 handle.write(json.dumps(row) + "\n")
     else:
-        raise ValueError(f"{path}: manifest must end in .jsonl or .csv")
+        raise InputError(f"{path}: manifest must end in .jsonl or .csv")
     return path
 
 
-# -- loading files -------------------------------------------------------------------------------------------------
-@dataclass
-class LoadOptions:
-    """How files become arrays.
-
-    Parameters
-    ----------
-    image_size : int
-        Images, frames and depth maps are resized to ``image_size`` x ``image_size``.
-    num_frames : int
-        Frames sampled uniformly from a video folder.
-    sample_rate : int
-        Required sample rate of ``.wav`` files (Hz); another rate is an error.
-    num_samples : int, optional
-        Clips are cut or zero-padded to this length (default: the length of the first clip).
-    depth_png_scale : float
-        Depth PNG values are divided by this (1000: millimetre PNGs to metres).
-    """
-
-    image_size: int = 32
-    num_frames: int = 4
-    sample_rate: int = 16000
-    num_samples: int | None = None
-    depth_png_scale: float = 1000.0
-
-
-def load_image(path: str | os.PathLike[str], size: int) -> np.ndarray:
-    """An RGB image as float32 ``[3, size, size]`` in ``[0, 1]``."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from None
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
-
-
-def load_video(folder: str | os.PathLike[str], size: int, num_frames: int) -> np.ndarray:
-    """``num_frames`` frames sampled uniformly from a folder of images: float32 ``[T, 3, size, size]``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"video {folder}: expected a folder of frame images")
-    frames = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-    if not frames:
-        raise ValueError(f"video {folder}: the folder holds no frame images ({sorted(_IMAGE_SUFFIXES)})")
-    picks = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
-    return np.stack([load_image(frames[i], size) for i in picks])
-
-
-def load_depth(path: str | os.PathLike[str], size: int, png_scale: float = 1000.0) -> np.ndarray:
-    """A depth map as float32 ``[1, size, size]`` (nearest-neighbour resize, so missing zeros stay zeros)."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if path.suffix.lower() == ".npy":
-        try:
-            depth = np.load(path).astype(np.float32)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read depth map {path}: {exc}") from None
-        depth = np.squeeze(depth)
-        if depth.ndim != 2:
-            raise ValueError(f"depth map {path}: expected a 2-D array [H, W], got shape {list(np.shape(depth))}")
-    else:
-        try:
-            with Image.open(path) as image:
-                depth = np.asarray(image).astype(np.float32)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise ValueError(f"cannot read depth map {path}: {exc}") from None
-        if depth.ndim == 3:
-            depth = depth[..., 0]
-        depth = depth / png_scale
-    image = Image.fromarray(np.ascontiguousarray(depth, dtype=np.float32))
-    resized = image.resize((size, size), Image.Resampling.NEAREST)
-    return np.asarray(resized, dtype=np.float32)[None]
-
-
-def load_wav(path: str | os.PathLike[str], sample_rate: int, num_samples: int | None = None) -> np.ndarray:
-    """A mono float32 waveform in ``[-1, 1]`` (channels averaged), cut or zero-padded to ``num_samples``.
-
-    Raises
-    ------
-    ValueError
-        Unreadable file, or a sample rate other than ``sample_rate`` (named with the file).
-    """
-    from scipy.io import wavfile
-
-    try:
-        rate, data = wavfile.read(path)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read audio {path}: {exc}") from None
-    if rate != sample_rate:
-        raise ValueError(f"audio {path} is sampled at {rate} Hz; the audio encoder takes {sample_rate} Hz "
-                         "(resample the file, or set the sample rate to match)")
-    if data.dtype == np.uint8:
-        wave = (data.astype(np.float32) - 128.0) / 128.0
-    elif np.issubdtype(data.dtype, np.integer):
-        wave = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
-    else:
-        wave = data.astype(np.float32)
-    if wave.ndim == 2:
-        wave = wave.mean(axis=1)
-    if num_samples is not None:
-        wave = wave[:num_samples]
-        if wave.shape[0] < num_samples:
-            wave = np.pad(wave, (0, num_samples - wave.shape[0]))
-    return np.ascontiguousarray(wave)
-
-
-def load_features(path: str | os.PathLike[str]) -> np.ndarray:
-    """A ``.npy`` feature vector ``[F]`` or sequence ``[T, F]`` as float32."""
-    try:
-        array = np.load(path).astype(np.float32)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read features {path}: {exc}") from None
-    if array.ndim not in (1, 2):
-        raise ValueError(f"features {path}: expected [F] or [T, F], got shape {list(array.shape)}")
-    return array
-
-
-def load_cell(kind: str, value: str, options: LoadOptions, num_samples: int | None = None) -> np.ndarray | str:
-    """Load one manifest cell of ``kind`` (text passes through)."""
-    if kind == "text":
-        return value
-    if kind == "image":
-        return load_image(value, options.image_size)
-    if kind == "video":
-        return load_video(value, options.image_size, options.num_frames)
-    if kind == "depth":
-        return load_depth(value, options.image_size, options.depth_png_scale)
-    if kind == "audio":
-        return load_wav(value, options.sample_rate, num_samples)
-    if kind == "features":
-        return load_features(value)
-    raise ValueError(f"unknown modality kind {kind!r}; expected one of {KINDS}")
-
-
+# -- loading files (the readers are in pmrl_sci.data.media) ---------------------------------------------------------
 @dataclass
 class LoadedData:
     """A manifest loaded into memory.
@@ -399,6 +351,9 @@ class LoadedData:
     ids, labels, splits : list
     missing : dict of str to int
         :meth:`Manifest.missing_counts`.
+    groups : numpy.ndarray, optional
+        Group number per row (:meth:`Manifest.row_groups`): repeated rows share one, and a splitter keeps
+        each group in one part. Default: every row its own group.
     """
 
     modalities: list[str]
@@ -409,6 +364,10 @@ class LoadedData:
     labels: list[str | None]
     splits: list[str | None]
     missing: dict[str, int] = field(default_factory=dict)
+    groups: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.groups = np.arange(len(self.ids)) if self.groups is None else np.asarray(self.groups, dtype=int)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -428,7 +387,7 @@ class LoadedData:
         arrays = {m: ([v[i] for i in idx] if isinstance(v, list) else v[idx]) for m, v in self.arrays.items()}
         return LoadedData(list(self.modalities), dict(self.kinds), arrays, self.mask[idx],
                           [self.ids[i] for i in idx], [self.labels[i] for i in idx], [self.splits[i] for i in idx],
-                          dict(self.missing))
+                          dict(self.missing), self.groups[idx])
 
 
 def load_manifest_data(manifest: Manifest, options: LoadOptions | None = None) -> LoadedData:
@@ -436,9 +395,10 @@ def load_manifest_data(manifest: Manifest, options: LoadOptions | None = None) -
 
     Raises
     ------
-    ValueError
-        Unreadable files, an audio sample rate the options do not take, feature files of different
-        widths (each message names the file).
+    InputError
+        Naming the manifest, the row, the column and the file: a missing or unreadable file, an audio
+        sample rate the options do not take, an empty audio file, files of one modality with different
+        shapes, or a modality missing in every row.
     """
     options = options or LoadOptions()
     present = manifest.present()
@@ -450,26 +410,29 @@ def load_manifest_data(manifest: Manifest, options: LoadOptions | None = None) -
             arrays[m] = [c if c is not None else "" for c in cells]
             continue
         num_samples = options.num_samples
-        if kind == "audio" and num_samples is None:
-            first = next((c for c in cells if c is not None), None)
-            num_samples = len(load_wav(first, options.sample_rate)) if first is not None else options.sample_rate
         loaded: list[np.ndarray | None] = []
         shape = None
-        for c in cells:
+        for row, c in enumerate(cells, start=1):
             if c is None:
                 loaded.append(None)
                 continue
-            value = load_cell(kind, c, options, num_samples)
+            try:
+                if kind == "audio" and num_samples is None:  # the first clip sets the length
+                    num_samples = len(load_wav(c, options.sample_rate))
+                value = load_cell(kind, c, options, num_samples)
+            except InputError as exc:
+                raise InputError(f"{manifest.path}, row {row}, column {m!r}: {exc}") from None
             if kind == "features" and value.ndim == 2:
                 value = value.mean(axis=0)
             if shape is None:
                 shape = value.shape
             elif value.shape != shape:
-                raise ValueError(f"{c}: modality {m!r} has shape {list(value.shape)}, earlier files have "
-                                 f"{list(shape)}; all files of a modality must have the same shape")
+                raise InputError(f"{manifest.path}, row {row}, column {m!r}: {c} has shape {list(value.shape)}, "
+                                 f"earlier files of {m!r} have {list(shape)}; all files of a modality must have "
+                                 "the same shape")
             loaded.append(value)
         if shape is None:
-            raise ValueError(f"{manifest.path}: modality {m!r} is missing in every row")
+            raise InputError(f"{manifest.path}: modality {m!r} is missing in every row")
         arrays[m] = np.stack([v if v is not None else np.zeros(shape, np.float32) for v in loaded])
     return LoadedData(list(manifest.modalities), dict(manifest.kinds), arrays, present, list(manifest.ids),
-                      list(manifest.labels), list(manifest.splits), manifest.missing_counts())
+                      list(manifest.labels), list(manifest.splits), manifest.missing_counts(), manifest.row_groups())

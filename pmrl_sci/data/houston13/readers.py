@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pmrl_sci.errors import InputError
+
 HOUSTON13_CLASSES: tuple[str, ...] = (
     "Healthy grass", "Stressed grass", "Synthetic grass", "Trees", "Soil", "Water", "Residential", "Commercial",
     "Road", "Highway", "Railway", "Parking Lot 1", "Parking Lot 2", "Tennis Court", "Running Track",
@@ -32,7 +34,7 @@ PREFIX = "2013_IEEE_GRSS_DF_Contest_"
 PathLike = str | os.PathLike[str]
 
 
-class Houston13DataError(ValueError):
+class Houston13DataError(InputError):
     """Bad or inconsistent Houston 2013 input; the message names the file and the field."""
 
 
@@ -141,7 +143,8 @@ def read_envi_roi(path: PathLike, shape: tuple[int, int]) -> tuple[np.ndarray, l
         When ``path`` does not exist.
     Houston13DataError
         On a malformed row, coordinates outside ``shape``, a block count or point count that disagrees with the
-        header, a ``File Dimension`` that disagrees with ``shape``, or a pixel in two ROIs.
+        header, a ``File Dimension`` that disagrees with ``shape``, a pixel in two ROIs, or no labelled pixel at
+        all (an empty or header-only file).
     """
     path = Path(path)
     if not path.is_file():
@@ -183,6 +186,10 @@ def read_envi_roi(path: PathLike, shape: tuple[int, int]) -> tuple[np.ndarray, l
             current.append(point)
     if current:
         blocks.append(current)
+    if not any(blocks):
+        declared = f" (the header declares {n_declared} ROIs)" if n_declared else ""
+        raise Houston13DataError(f"{path}: no 'ID X Y' rows: an empty or header-only ROI export{declared}; "
+                                 "expected one block of labelled pixels per ROI")
 
     n_blocks = len(blocks)
     if npts and len(npts) == len(names) and sum(npts) == sum(len(b) for b in blocks) and len(npts) != n_blocks:
@@ -263,18 +270,21 @@ def read_raster(path: PathLike) -> Raster:
     """
     import rasterio
     from rasterio.enums import MaskFlags
-    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"raster not found: {path}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            data = src.read(out_dtype="float32")
-            nodata = src.nodata
-            all_valid = all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums)
-            masked = None if all_valid and nodata is None else src.read_masks() == 0
+        try:
+            with rasterio.open(path) as src:
+                data = src.read(out_dtype="float32")
+                nodata = src.nodata
+                all_valid = all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums)
+                masked = None if all_valid and nodata is None else src.read_masks() == 0
+        except RasterioError as exc:
+            raise Houston13DataError(f"{path}: not a readable raster (expected a GeoTIFF; GDAL says: {exc})") from None
     nodata_mask = np.zeros(data.shape[1:], dtype=bool)
     if masked is not None:
         nodata_mask |= masked.any(axis=0)
@@ -313,8 +323,11 @@ def read_mat_array(path: PathLike, names: tuple[str, ...]) -> np.ndarray:
     import h5py
 
     if h5py.is_hdf5(path):  # MATLAB v7.3 files are HDF5
-        with h5py.File(path, "r") as handle:
-            contents = {k: np.asarray(handle[k]) for k in handle if isinstance(handle[k], h5py.Dataset)}
+        try:
+            with h5py.File(path, "r") as handle:
+                contents = {k: np.asarray(handle[k]) for k in handle if isinstance(handle[k], h5py.Dataset)}
+        except (OSError, KeyError, ValueError) as exc:
+            raise Houston13DataError(f"{path}: not a readable MATLAB v7.3 (HDF5) file ({exc})") from None
         transpose = True  # HDF5 holds MATLAB's column-major arrays with the axes reversed
     else:
         from scipy.io import loadmat
