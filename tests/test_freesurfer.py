@@ -50,9 +50,9 @@ def _subjects(n: int = 4, seed: int = 0) -> dict[str, fsw.SubjectMorphometry]:
     rng = np.random.default_rng(seed)
     out = {}
     for i in range(n):
-        aseg = {name: float(rng.uniform(300, 9000)) for name in list(fs.ASEG_STRUCTURES)[:8]}
+        aseg = {name: float(rng.uniform(300, 9000)) for name in list(fsw.ASEG_STRUCTURES)[:8]}
         aparc = {hemi: {region: {"area": float(rng.uniform(300, 5000)), "volume": float(rng.uniform(900, 20000)),
-                                 "thickness": float(rng.uniform(1.4, 3.9))} for region in fs.DK_REGIONS}
+                                 "thickness": float(rng.uniform(1.4, 3.9))} for region in fsw.DK_REGIONS}
                  for hemi in ("lh", "rh")}
         measures = {"BrainSegVol": float(rng.uniform(1.0e6, 1.3e6)), "BrainSegVolNotVent": float(rng.uniform(9e5, 1e6)),
                     "EstimatedTotalIntraCranialVol": float(rng.uniform(1.3e6, 1.8e6))}

@@ -2,8 +2,9 @@
 
 Modules: ``phenotype`` (CSV and nilearn's quality filter), ``timeseries`` (atlases, ``.1D``
 files in three layouts), ``connectivity`` (Pearson / partial correlation, dead-ROI policy),
-``freesurfer`` (FreeSurfer tables), ``generator`` (simulated cohort in the real formats) and
-``cohort`` (``load_abide_cohort``, ``fetch_abide``).
+``freesurfer`` (reading FreeSurfer tables), ``freesurfer_writers`` (writing them, for the generator
+and the tests), ``generator`` (simulated cohort in the real formats) and ``cohort``
+(``load_abide_cohort``, ``fetch_abide``).
 """
 
 from pmrl_sci.data.abide.cohort import AbideCohort, fetch_abide, load_abide_cohort

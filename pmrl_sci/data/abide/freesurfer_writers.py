@@ -23,13 +23,37 @@ from pmrl_sci.data.abide.freesurfer import (
     _APARC_GLOBAL_IN_ASEG,
     _HEMIS,
     ASEG_MEASURES,
-    ASEG_STRUCTURES,
     SUBJECT_APARC_MEASURES,
     _table_name,
 )
 from pmrl_sci.io import atomic_write_text
 
-__all__ = ["SubjectMorphometry", "group_tables_from_subjects", "write_group_tables", "write_subject_stats"]
+__all__ = ["ASEG_STRUCTURES", "DK_REGIONS", "SubjectMorphometry", "group_tables_from_subjects", "write_group_tables",
+           "write_subject_stats"]
+
+#: aseg structures (FreeSurfer 6 names) with their ``SegId`` in FreeSurferColorLUT.txt.
+ASEG_STRUCTURES: dict[str, int] = {
+    "Left-Lateral-Ventricle": 4, "Left-Inf-Lat-Vent": 5, "Left-Cerebellum-White-Matter": 7,
+    "Left-Cerebellum-Cortex": 8, "Left-Thalamus-Proper": 10, "Left-Caudate": 11, "Left-Putamen": 12,
+    "Left-Pallidum": 13, "3rd-Ventricle": 14, "4th-Ventricle": 15, "Brain-Stem": 16, "Left-Hippocampus": 17,
+    "Left-Amygdala": 18, "CSF": 24, "Left-Accumbens-area": 26, "Left-VentralDC": 28, "Left-vessel": 30,
+    "Left-choroid-plexus": 31, "Right-Lateral-Ventricle": 43, "Right-Inf-Lat-Vent": 44,
+    "Right-Cerebellum-White-Matter": 46, "Right-Cerebellum-Cortex": 47, "Right-Thalamus-Proper": 49,
+    "Right-Caudate": 50, "Right-Putamen": 51, "Right-Pallidum": 52, "Right-Hippocampus": 53,
+    "Right-Amygdala": 54, "Right-Accumbens-area": 58, "Right-VentralDC": 60, "Right-vessel": 62,
+    "Right-choroid-plexus": 63, "5th-Ventricle": 72, "WM-hypointensities": 77, "non-WM-hypointensities": 80,
+    "Optic-Chiasm": 85, "CC_Posterior": 251, "CC_Mid_Posterior": 252, "CC_Central": 253,
+    "CC_Mid_Anterior": 254, "CC_Anterior": 255,
+}
+#: Desikan-Killiany regions of ``?h.aparc.stats`` in FreeSurfer's order.
+DK_REGIONS: tuple[str, ...] = (
+    "bankssts", "caudalanteriorcingulate", "caudalmiddlefrontal", "cuneus", "entorhinal", "fusiform",
+    "inferiorparietal", "inferiortemporal", "isthmuscingulate", "lateraloccipital", "lateralorbitofrontal",
+    "lingual", "medialorbitofrontal", "middletemporal", "parahippocampal", "paracentral", "parsopercularis",
+    "parsorbitalis", "parstriangularis", "pericalcarine", "postcentral", "posteriorcingulate", "precentral",
+    "precuneus", "rostralanteriorcingulate", "rostralmiddlefrontal", "superiorfrontal", "superiorparietal",
+    "superiortemporal", "supramarginal", "frontalpole", "temporalpole", "transversetemporal", "insula",
+)
 
 _ASEG_COLUMNS = ("Index", "SegId", "NVoxels", "Volume_mm3", "StructName", "normMean", "normStdDev", "normMin",
                  "normMax", "normRange")
