@@ -85,16 +85,16 @@ def test_quality_filter_matches_nilearn(tmp_path: Path) -> None:
 def test_phenotype_bad_input(tmp_path: Path) -> None:
     rows = _phenotype_rows()
     path = _write_phenotype(tmp_path, [{k: v for k, v in r.items() if k not in ("DX_GROUP", "SEX")} for r in rows])
-    with pytest.raises(ValueError, match=r"Phenotypic_V1_0b_preprocessed1\.csv.*\['DX_GROUP', 'SEX'\]"):
+    with pytest.raises(InputError, match=r"Phenotypic_V1_0b_preprocessed1\.csv.*\['DX_GROUP', 'SEX'\]"):
         read_phenotype(path)
     rows[1]["DX_GROUP"] = 3
-    with pytest.raises(ValueError, match="'DX_GROUP' must be one of"):
+    with pytest.raises(InputError, match="'DX_GROUP' must be one of"):
         read_phenotype(_write_phenotype(tmp_path, rows))
     with pytest.raises(FileNotFoundError, match="phenotype"):
         read_phenotype(tmp_path / "nope.csv")
     no_qc = read_phenotype(_write_phenotype(tmp_path, [{k: v for k, v in r.items() if k != "qc_rater_1"}
                                                        for r in _phenotype_rows()]))
-    with pytest.raises(ValueError, match="qc_rater_1"):
+    with pytest.raises(InputError, match="qc_rater_1"):
         quality_filter(no_qc)
 
 
@@ -111,7 +111,7 @@ def _write_1d(path: Path, data: np.ndarray) -> Path:
 
 def test_unknown_atlas_lists_known() -> None:
     assert check_atlas("rois_CC200") == "cc200"
-    with pytest.raises(ValueError, match=r"unknown ABIDE atlas 'cc300'.*cc200 \(200 ROIs\).*tt \(97 ROIs\)"):
+    with pytest.raises(InputError, match=r"unknown ABIDE atlas 'cc300'.*cc200 \(200 ROIs\).*tt \(97 ROIs\)"):
         check_atlas("cc300")
 
 
@@ -168,20 +168,20 @@ def test_read_roi_timeseries_bad_files(tmp_path: Path) -> None:
     lines = path.read_text().splitlines()
     truncated = tmp_path / "truncated_rois_tt.1D"
     truncated.write_text("\n".join(lines[:-1] + [lines[-1][: len(lines[-1]) // 2]]))
-    with pytest.raises(ValueError, match=r"truncated_rois_tt\.1D: line 31 has \d+ values, expected 97"):
+    with pytest.raises(InputError, match=r"truncated_rois_tt\.1D: line 31 has \d+ values, expected 97"):
         read_roi_timeseries(truncated, 97)
     text = tmp_path / "text_rois_tt.1D"
     text.write_text("\n".join(lines[:5] + ["\t".join(["0.1"] * 50 + ["abc"] + ["0.2"] * 46)] + lines[6:]))
-    with pytest.raises(ValueError, match=r"text_rois_tt\.1D: line 6, column 51: non-numeric value 'abc'"):
+    with pytest.raises(InputError, match=r"text_rois_tt\.1D: line 6, column 51: non-numeric value 'abc'"):
         read_roi_timeseries(text, 97)
-    with pytest.raises(ValueError, match=r"s_rois_tt\.1D: 97 ROI columns, expected 200"):
+    with pytest.raises(InputError, match=r"s_rois_tt\.1D: 97 ROI columns, expected 200"):
         read_roi_timeseries(path, 200)
     short = _write_1d(tmp_path / "short_rois_tt.1D", good[:5])
-    with pytest.raises(ValueError, match=r"short_rois_tt\.1D: only 5 time points, at least 10"):
+    with pytest.raises(InputError, match=r"short_rois_tt\.1D: only 5 time points, at least 10"):
         read_roi_timeseries(short, 97)
     empty = tmp_path / "empty_rois_tt.1D"
     empty.write_text(lines[0] + "\n")
-    with pytest.raises(ValueError, match="no time points"):
+    with pytest.raises(InputError, match="no time points"):
         read_roi_timeseries(empty, 97)
 
 
@@ -281,7 +281,7 @@ def test_generator_formats_and_determinism(tiny_cohort: Path, tmp_path: Path) ->
     some = next(iter(files))
     assert (again / PHENOTYPE_FILENAME).read_bytes() == (tiny_cohort / PHENOTYPE_FILENAME).read_bytes()
     assert find_roi_files(again, "tt")[some].read_bytes() == files[some].read_bytes()
-    with pytest.raises(ValueError, match="unknown ABIDE atlas"):
+    with pytest.raises(InputError, match="unknown ABIDE atlas"):
         generate_abide_like(tmp_path / "bad", n_subjects=24, n_sites=3, atlas="xx")
 
 
@@ -338,16 +338,16 @@ def test_loader_bad_files_and_modalities(tiny_cohort: Path, tmp_path: Path) -> N
         assert not cohort.mask["fmri"][i] and cohort.mask["smri"][i] and np.all(cohort.fmri[i] == 0)
     else:
         assert any(e["file_id"] == victim and "bad ROI file" in e["reason"] for e in cohort.report["excluded"])
-    with pytest.raises(ValueError, match=rf"{victim}_rois_tt\.1D: line \d+ has 1 values"):
+    with pytest.raises(InputError, match=rf"{victim}_rois_tt\.1D: line \d+ has 1 values"):
         load_abide_cohort(data, atlas="tt", modalities=("fmri",), progress=False, strict=True)
-    with pytest.raises(ValueError, match="unknown or no ABIDE modalities"):
+    with pytest.raises(InputError, match="unknown or no ABIDE modalities"):
         load_abide_cohort(data, atlas="tt", modalities=("eeg",), progress=False)
 
 
 @pytest.mark.filterwarnings("ignore:.*miss at least one FreeSurfer table")
 def test_loader_unmatched_ids_and_missing_data(tiny_cohort: Path, tmp_path: Path) -> None:
     data = _copy(tiny_cohort, tmp_path)
-    with pytest.raises(ValueError, match=r"modality 'fmri' requested but no '\*_rois_aal\.1D'"):
+    with pytest.raises(InputError, match=r"modality 'fmri' requested but no '\*_rois_aal\.1D'"):
         load_abide_cohort(data, atlas="aal", modalities=("fmri",), progress=False)
     with pytest.raises(FileNotFoundError, match="FreeSurfer folder .* does not exist"):
         load_abide_cohort(data, atlas="tt", modalities=("smri",), freesurfer_dir=tmp_path / "none", progress=False)
@@ -355,10 +355,10 @@ def test_loader_unmatched_ids_and_missing_data(tiny_cohort: Path, tmp_path: Path
     table = aseg.read_text().splitlines()
     stranger = "\n".join([table[0], "XYZ_0099999" + table[1][table[1].index("\t"):], *table[2:]]) + "\n"
     aseg.write_text(stranger)
-    with pytest.raises(ValueError, match=r"match no FILE_ID or SUB_ID.*XYZ_0099999"):
+    with pytest.raises(InputError, match=r"match no FILE_ID or SUB_ID.*XYZ_0099999"):
         load_abide_cohort(data, atlas="tt", modalities=("smri",), progress=False)
     roi = find_roi_files(data, "tt")
     first = sorted(roi)[0]
     roi[first].rename(roi[first].with_name("NOBODY_0000001_rois_tt.1D"))
-    with pytest.raises(ValueError, match=r"FILE_ID that matches no subject.*NOBODY_0000001_rois_tt\.1D"):
+    with pytest.raises(InputError, match=r"FILE_ID that matches no subject.*NOBODY_0000001_rois_tt\.1D"):
         load_abide_cohort(data, atlas="tt", modalities=("fmri",), progress=False)

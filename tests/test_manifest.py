@@ -74,7 +74,7 @@ def test_manifest_bad_input_is_named(tmp_path) -> None:
     _media(tmp_path)
     path = tmp_path / "m.jsonl"
     path.write_text(json.dumps({"vision": "img/a.png", "smell": "x"}) + "\n")
-    with pytest.raises(ValueError, match=r"m\.jsonl.*'smell'.*not a known modality"):
+    with pytest.raises(InputError, match=r"m\.jsonl.*'smell'.*not a known modality"):
         read_manifest(path)
     assert read_manifest(path, kinds={"smell": "text"}).kinds["smell"] == "text"
     path.write_text(json.dumps({"vision": "img/missing.png"}) + "\n")
@@ -83,14 +83,14 @@ def test_manifest_bad_input_is_named(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="nothing.jsonl"):
         read_manifest(tmp_path / "nothing.jsonl")
     path.write_text(json.dumps({"audio": "a.wav"}) + "\n")
-    with pytest.raises(ValueError, match=r"a\.wav is sampled at 8000 Hz.*16000 Hz"):
+    with pytest.raises(InputError, match=r"a\.wav is sampled at 8000 Hz.*16000 Hz"):
         load_manifest_data(read_manifest(path), LoadOptions(sample_rate=16000))
     path.write_text(json.dumps({"vision": "img/a.png"}) + "\n")
-    with pytest.raises(ValueError, match="no column for modalities"):
+    with pytest.raises(InputError, match="no column for modalities"):
         read_manifest(path, modalities=["audio"])
     (tmp_path / "bad.png").write_text("not an image")
     path.write_text(json.dumps({"vision": "bad.png"}) + "\n")
-    with pytest.raises(ValueError, match=r"cannot read image .*bad\.png"):
+    with pytest.raises(InputError, match=r"cannot read image .*bad\.png"):
         load_manifest_data(read_manifest(path))
 
 
@@ -137,14 +137,14 @@ def test_nyudv2_reader(tmp_path) -> None:
 def test_nyudv2_reader_errors(tmp_path) -> None:
     _write_nyu(tmp_path)
     savemat(tmp_path / "bad_splits.mat", {"trainNdxs": np.array([[1], [9]]), "testNdxs": np.array([[2]])})
-    with pytest.raises(ValueError, match=r"bad_splits\.mat.*'trainNdxs'.*\[1, 5\]"):
+    with pytest.raises(InputError, match=r"bad_splits\.mat.*'trainNdxs'.*\[1, 5\]"):
         nyudv2_to_manifest(tmp_path / "nyu.mat", tmp_path / "o1", tmp_path / "bad_splits.mat")
     savemat(tmp_path / "no_test.mat", {"trainNdxs": np.array([[1]])})
-    with pytest.raises(ValueError, match="'testNdxs' is missing"):
+    with pytest.raises(InputError, match="'testNdxs' is missing"):
         nyudv2_to_manifest(tmp_path / "nyu.mat", tmp_path / "o2", tmp_path / "no_test.mat")
     with h5py.File(tmp_path / "nodepth.mat", "w") as f:
         f["images"] = np.zeros((1, 3, 4, 4), np.uint8)
-    with pytest.raises(ValueError, match=r"nodepth\.mat.*'depths' is missing"):
+    with pytest.raises(InputError, match=r"nodepth\.mat.*'depths' is missing"):
         nyudv2_to_manifest(tmp_path / "nodepth.mat", tmp_path / "o3")
     with pytest.raises(FileNotFoundError, match="absent.mat"):
         nyudv2_to_manifest(tmp_path / "absent.mat", tmp_path / "o4")
@@ -169,7 +169,7 @@ def test_tvl_reader(tmp_path) -> None:
     assert manifest.splits == ["test", "test"]
     assert clean_caption("a,\nb , c.") == "a, b, c"
     (root / "hct" / "data1" / "test.csv").write_text("url,tactile,caption\n0-1/vision/9.jpg,0-1/tactile/1.jpg,x\n")
-    with pytest.raises(FileNotFoundError, match=r"test\.csv, row 2: vision image .*9\.jpg"):
+    with pytest.raises(InputError, match=r"test\.csv, row 2: vision image .*9\.jpg"):
         tvl_to_manifest(root, "test", out_path=tmp_path / "t2.jsonl")
     blank = read_manifest(tvl_to_manifest(root, "test", out_path=tmp_path / "t3.jsonl", missing_files="blank"))
     assert blank.missing_counts()["vision"] == 1

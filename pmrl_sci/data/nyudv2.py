@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pmrl_sci.data.manifest import write_manifest
+from pmrl_sci.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -37,18 +38,18 @@ def read_nyudv2_splits(path: str | os.PathLike[str], num_images: int) -> list[st
     try:
         data = loadmat(path)
     except (OSError, ValueError, NotImplementedError) as exc:
-        raise ValueError(f"cannot read {path} as a MATLAB v5 file: {exc}") from None
+        raise InputError(f"cannot read {path} as a MATLAB v5 file: {exc}") from None
     splits: list[str | None] = [None] * num_images
     for name, key in (("train", "trainNdxs"), ("test", "testNdxs")):
         if key not in data:
-            raise ValueError(f"{path}: field {key!r} is missing (expected trainNdxs and testNdxs, 1-based indices)")
+            raise InputError(f"{path}: field {key!r} is missing (expected trainNdxs and testNdxs, 1-based indices)")
         indices = np.asarray(data[key]).astype(np.int64).ravel()
         if indices.size and (indices.min() < 1 or indices.max() > num_images):
-            raise ValueError(f"{path}: field {key!r} holds indices in [{indices.min()}, {indices.max()}]; expected "
+            raise InputError(f"{path}: field {key!r} holds indices in [{indices.min()}, {indices.max()}]; expected "
                              f"1-based indices in [1, {num_images}]")
         for index in indices:
             if splits[index - 1] is not None and splits[index - 1] != name:
-                raise ValueError(f"{path}: image {index} is in both trainNdxs and testNdxs")
+                raise InputError(f"{path}: image {index} is in both trainNdxs and testNdxs")
             splits[index - 1] = name
         if indices.size != STANDARD_SPLIT_SIZES[name]:
             logger.warning("%s: %s has %d images (the standard split has %d)", path, key, indices.size,
@@ -103,21 +104,21 @@ def nyudv2_to_manifest(labeled_mat: str | os.PathLike[str], out_dir: str | os.Pa
     try:
         handle = h5py.File(labeled_mat, "r")
     except OSError as exc:
-        raise ValueError(f"cannot open {labeled_mat} as HDF5 (MATLAB v7.3): {exc}") from None
+        raise InputError(f"cannot open {labeled_mat} as HDF5 (MATLAB v7.3): {exc}") from None
     with handle:
         for key in ("images", "depths"):
             if key not in handle:
-                raise ValueError(f"{labeled_mat}: dataset {key!r} is missing (found {sorted(handle.keys())})")
+                raise InputError(f"{labeled_mat}: dataset {key!r} is missing (found {sorted(handle.keys())})")
         images, depths = handle["images"], handle["depths"]
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"{labeled_mat}: 'images' has shape {list(images.shape)}, expected [N, 3, W, H]")
+            raise InputError(f"{labeled_mat}: 'images' has shape {list(images.shape)}, expected [N, 3, W, H]")
         if depths.shape != (images.shape[0], *images.shape[2:]):
-            raise ValueError(f"{labeled_mat}: 'depths' has shape {list(depths.shape)}, expected "
+            raise InputError(f"{labeled_mat}: 'depths' has shape {list(depths.shape)}, expected "
                              f"{[images.shape[0], *images.shape[2:]]} to match 'images'")
         total = int(images.shape[0])
         scenes = _read_strings(handle, handle["sceneTypes"]) if "sceneTypes" in handle else None
         if scenes is not None and len(scenes) != total:
-            raise ValueError(f"{labeled_mat}: 'sceneTypes' has {len(scenes)} entries for {total} images")
+            raise InputError(f"{labeled_mat}: 'sceneTypes' has {len(scenes)} entries for {total} images")
         splits = read_nyudv2_splits(splits_mat, total) if splits_mat is not None else [None] * total
         count = total if limit is None else min(int(limit), total)
         (out_dir / "rgb").mkdir(parents=True, exist_ok=True)

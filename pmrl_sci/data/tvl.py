@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pmrl_sci.data.manifest import write_manifest
+from pmrl_sci.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,14 @@ def tvl_to_manifest(root: str | os.PathLike[str], split: str = "train", out_path
 
     Raises
     ------
-    FileNotFoundError, ValueError
-        No CSV found, a CSV without ``url`` / ``caption``, a missing image (with ``missing_files="error"``).
+    FileNotFoundError
+        No TVL folder or CSV found.
+    InputError
+        A CSV without ``url`` / ``caption``, a missing image (with ``missing_files="error"``), a bad option.
     """
     root = Path(root)
     if missing_files not in ("error", "blank"):
-        raise ValueError(f"missing_files must be 'error' or 'blank', got {missing_files!r}")
+        raise InputError(f"missing_files must be 'error' or 'blank', got {missing_files!r}")
     if not root.is_dir():
         raise FileNotFoundError(f"TVL folder {root} does not exist")
     out_path = Path(out_path) if out_path is not None else root / f"manifest_{split}.jsonl"
@@ -70,7 +73,7 @@ def tvl_to_manifest(root: str | os.PathLike[str], split: str = "train", out_path
             fields = reader.fieldnames or []
             for required in ("url", "caption"):
                 if required not in fields:
-                    raise ValueError(f"{csv_path}: column {required!r} is missing (columns: {fields}); "
+                    raise InputError(f"{csv_path}: column {required!r} is missing (columns: {fields}); "
                                      "expected url, tactile, caption")
             for number, record in enumerate(reader):
                 url = (record.get("url") or "").strip()
@@ -81,8 +84,8 @@ def tvl_to_manifest(root: str | os.PathLike[str], split: str = "train", out_path
                     file = root / subset / value if value else None
                     if file is not None and not file.is_file():
                         if missing_files == "error":
-                            raise FileNotFoundError(f"{csv_path}, row {number + 2}: {column} image {file} "
-                                                    "does not exist")
+                            raise InputError(f"{csv_path}, row {number + 2}: {column} image {file} does not "
+                                             "exist (missing_files='blank' keeps the row without it)")
                         file = None
                     if file is None:
                         blanks[column] += 1
@@ -92,7 +95,7 @@ def tvl_to_manifest(root: str | os.PathLike[str], split: str = "train", out_path
                 row.update(text=caption or None, label=caption or None, split=split)
                 rows.append(row)
     if not rows:
-        raise ValueError(f"{root}: the {split} CSVs of {list(subsets)} have no rows")
+        raise InputError(f"{root}: the {split} CSVs of {list(subsets)} have no rows")
     if any(blanks.values()):
         logger.warning("TVL %s: rows without vision / touch / text: %s", split, blanks)
     return write_manifest(rows, out_path)

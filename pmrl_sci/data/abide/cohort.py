@@ -30,6 +30,7 @@ from pmrl_sci.data.abide.timeseries import (
     read_roi_timeseries,
     scan_roi_files,
 )
+from pmrl_sci.errors import InputError
 from pmrl_sci.io import atomic_save_npz, file_fingerprint, stable_hash
 
 logger = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
 
     Raises
     ------
-    ValueError
+    InputError
         Unknown modality or atlas, a data file / FreeSurfer row whose key matches no
         phenotype subject, a requested modality with no data for any subject, or (with
         ``strict``) a bad ``.1D`` file.
@@ -218,12 +219,12 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
             logger.info("ABIDE: %d identical extra copies of ROI files in a second layout were skipped",
                         scan.n_duplicates)
         if not roi_files:
-            raise ValueError(f"modality 'fmri' requested but no '*_rois_{atlas}.1D' file was found under "
+            raise InputError(f"modality 'fmri' requested but no '*_rois_{atlas}.1D' file was found under "
                              f"{data_dir} (pipeline {pipeline!r}, strategy {strategy!r}); check --atlas and the "
                              "data folder, or drop fmri from the modalities")
         unmatched = sorted(set(roi_files) - file_ids)
         if unmatched:
-            raise ValueError(f"{len(unmatched)} ROI file(s) have a FILE_ID that matches no subject of {pheno_path}: "
+            raise InputError(f"{len(unmatched)} ROI file(s) have a FILE_ID that matches no subject of {pheno_path}: "
                              f"{[str(roi_files[f]) for f in unmatched[:5]]}; is it the phenotype of this data?")
     fs_dir: Path | None = None
     if "smri" in modalities:
@@ -268,7 +269,7 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
                 continue
             have[i] = True
         if not have.any():
-            raise ValueError(f"modality 'fmri': none of the {n} selected subjects has a readable ROI file under "
+            raise InputError(f"modality 'fmri': none of the {n} selected subjects has a readable ROI file under "
                              f"{data_dir} ({len(bad_files)} bad file(s): {list(bad_files.values())[:3]})")
         matrices, conn_report = compute_connectivity(series, list(rows.loc[have, "FILE_ID"]), progress=progress)
         fmri_full = np.zeros((n, *matrices.shape[1:]), dtype=np.float32)
@@ -280,7 +281,7 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
     if "smri" in modalities:
         smri_full, have, smri_features, smri_notes = _read_smri(fs_dir, phenotype, rows)
         if not have.any():
-            raise ValueError(f"modality 'smri': the FreeSurfer data in {fs_dir} covers none of the {n} selected "
+            raise InputError(f"modality 'smri': the FreeSurfer data in {fs_dir} covers none of the {n} selected "
                              "subjects (matched by FILE_ID or SUB_ID)")
         available["smri"] = have
     if "text" in modalities:
@@ -360,7 +361,7 @@ def _check_modalities(modalities: Sequence[str]) -> list[str]:
     chosen = list(dict.fromkeys(str(m).lower() for m in modalities))
     unknown = [m for m in chosen if m not in MODALITIES]
     if unknown or not chosen:
-        raise ValueError(f"unknown or no ABIDE modalities {unknown or chosen}; choose from {list(MODALITIES)}")
+        raise InputError(f"unknown or no ABIDE modalities {unknown or chosen}; choose from {list(MODALITIES)}")
     return [m for m in MODALITIES if m in chosen]
 
 
@@ -393,11 +394,11 @@ def _read_smri(fs_dir: Path, phenotype: pd.DataFrame, rows: pd.DataFrame
         sub = sub_of_file[target] if not target.startswith("sub:") else int(target[4:])
         canonical = f"sub:{sub}"
         if canonical in matched:
-            raise ValueError(f"{fs_dir}: FreeSurfer subjects {matched[canonical]!r} and {key!r} are the same "
+            raise InputError(f"{fs_dir}: FreeSurfer subjects {matched[canonical]!r} and {key!r} are the same "
                              f"phenotype subject (SUB_ID {sub})")
         matched[canonical] = key
     if unmatched:
-        raise ValueError(f"{fs_dir}: {len(unmatched)} FreeSurfer subject key(s) match no FILE_ID or SUB_ID of the "
+        raise InputError(f"{fs_dir}: {len(unmatched)} FreeSurfer subject key(s) match no FILE_ID or SUB_ID of the "
                          f"phenotype: {unmatched[:5]}; is it the FreeSurfer output of this cohort?")
     features = [str(c) for c in table.columns]
     values = np.zeros((len(rows), len(features)), dtype=np.float32)
@@ -504,7 +505,7 @@ def fetch_abide(data_dir: str | os.PathLike[str], atlas: str = "cc200", *, pipel
     atlas = check_atlas(atlas)
     parts = strategy.split("_")
     if len(parts) != 2 or parts[0] not in ("filt", "nofilt") or parts[1] not in ("global", "noglobal"):
-        raise ValueError(f"strategy must be one of filt_global, filt_noglobal, nofilt_global, nofilt_noglobal; "
+        raise InputError(f"strategy must be one of filt_global, filt_noglobal, nofilt_global, nofilt_noglobal; "
                          f"got {strategy!r}")
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)

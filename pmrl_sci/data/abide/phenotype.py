@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pmrl_sci.errors import InputError
+
 PHENOTYPE_FILENAME = "Phenotypic_V1_0b_preprocessed1.csv"
 REQUIRED_COLUMNS: tuple[str, ...] = ("SUB_ID", "FILE_ID", "SITE_ID", "DX_GROUP", "AGE_AT_SCAN", "SEX")
 QC_COLUMNS: tuple[str, ...] = ("qc_rater_1", "qc_anat_rater_2", "qc_func_rater_2", "qc_anat_rater_3",
@@ -53,7 +55,7 @@ def read_phenotype(path: str | os.PathLike[str]) -> pd.DataFrame:
     ------
     FileNotFoundError
         When the file does not exist.
-    ValueError
+    InputError
         Naming the file and the missing columns, or the column and rows holding values
         outside their code list.
     """
@@ -66,14 +68,14 @@ def read_phenotype(path: str | os.PathLike[str]) -> pd.DataFrame:
         df = pd.read_csv(path, dtype={"FILE_ID": str, "SITE_ID": str, **{c: str for c in QC_COLUMNS}},
                          keep_default_na=True)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot parse the phenotype CSV: {exc}") from exc
+        raise InputError(f"{path}: cannot parse the phenotype CSV: {exc}") from exc
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: phenotype table lacks required column(s) {missing}; "
+        raise InputError(f"{path}: phenotype table lacks required column(s) {missing}; "
                          f"expected at least {list(REQUIRED_COLUMNS)} (ABIDE {PHENOTYPE_FILENAME})")
     if df.empty:
-        raise ValueError(f"{path}: phenotype table has no rows")
+        raise InputError(f"{path}: phenotype table has no rows")
     df = df.reset_index(drop=True)
     df["SUB_ID"] = _integer_column(df, "SUB_ID", path)
     df["FILE_ID"] = df["FILE_ID"].astype(str).str.strip()
@@ -83,7 +85,7 @@ def read_phenotype(path: str | os.PathLike[str]) -> pd.DataFrame:
     df["AGE_AT_SCAN"] = _numeric_column(df, "AGE_AT_SCAN", path)
     bad_age = df.index[~(df["AGE_AT_SCAN"] > 0)].tolist()
     if bad_age:
-        raise ValueError(f"{path}: column 'AGE_AT_SCAN' must be a positive age in years; "
+        raise InputError(f"{path}: column 'AGE_AT_SCAN' must be a positive age in years; "
                          f"missing or invalid in rows {_rows(bad_age)}")
     df["FIQ"] = _numeric_column(df, "FIQ", path) if "FIQ" in df.columns else np.nan
     for column in QC_COLUMNS:
@@ -91,11 +93,11 @@ def read_phenotype(path: str | os.PathLike[str]) -> pd.DataFrame:
             df[column] = df[column].astype(object).where(df[column].notna(), np.nan)
     duplicated = df.loc[(df["FILE_ID"] != NO_FILENAME) & df["FILE_ID"].duplicated(keep=False), "FILE_ID"]
     if not duplicated.empty:
-        raise ValueError(f"{path}: column 'FILE_ID' has duplicated values {sorted(set(duplicated))[:5]}; "
+        raise InputError(f"{path}: column 'FILE_ID' has duplicated values {sorted(set(duplicated))[:5]}; "
                          "each subject must appear once")
     duplicated_sub = df.loc[df["SUB_ID"].duplicated(keep=False), "SUB_ID"]
     if not duplicated_sub.empty:
-        raise ValueError(f"{path}: column 'SUB_ID' has duplicated values {sorted(set(duplicated_sub))[:5]}")
+        raise InputError(f"{path}: column 'SUB_ID' has duplicated values {sorted(set(duplicated_sub))[:5]}")
     df.attrs["source"] = str(path)
     return df
 
@@ -124,7 +126,7 @@ def quality_filter(df: pd.DataFrame, quality_checked: bool = True) -> tuple[pd.D
 
     Raises
     ------
-    ValueError
+    InputError
         When ``quality_checked`` and QC columns are missing (naming them and the file).
     """
     source = df.attrs.get("source", "phenotype table")
@@ -136,7 +138,7 @@ def quality_filter(df: pd.DataFrame, quality_checked: bool = True) -> tuple[pd.D
     if quality_checked:
         missing = [c for c in QC_COLUMNS if c not in df.columns]
         if missing:
-            raise ValueError(f"{source}: the quality filter needs the rater column(s) {missing}; "
+            raise InputError(f"{source}: the quality filter needs the rater column(s) {missing}; "
                              "pass quality_checked=False to skip it")
         passed = pd.Series(True, index=df.index)
         for column, accepted in QC_ACCEPTED.items():
@@ -169,7 +171,7 @@ def _numeric_column(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
     text = df[column].astype(str).str.strip()
     bad = df.index[values.isna() & df[column].notna() & (text != "")].tolist()
     if bad:
-        raise ValueError(f"{path}: column {column!r} must be numeric; non-numeric values "
+        raise InputError(f"{path}: column {column!r} must be numeric; non-numeric values "
                          f"{df.loc[bad[:3], column].tolist()} in rows {_rows(bad)}")
     values = values.astype(float)
     return values.where(values != MISSING_CODE, np.nan)
@@ -179,7 +181,7 @@ def _integer_column(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
     values = _numeric_column(df, column, path)
     bad = df.index[values.isna() | (values != np.round(values))].tolist()
     if bad:
-        raise ValueError(f"{path}: column {column!r} must hold integers; missing or invalid in rows {_rows(bad)}")
+        raise InputError(f"{path}: column {column!r} must hold integers; missing or invalid in rows {_rows(bad)}")
     return values.astype(np.int64)
 
 
@@ -187,6 +189,6 @@ def _coded_column(df: pd.DataFrame, column: str, codes: tuple[int, ...], path: P
     values = _numeric_column(df, column, path)
     bad = df.index[~values.isin(codes)].tolist()
     if bad:
-        raise ValueError(f"{path}: column {column!r} must be one of {list(codes)} ({meaning}); got "
+        raise InputError(f"{path}: column {column!r} must be one of {list(codes)} ({meaning}); got "
                          f"{df.loc[bad[:3], column].tolist()} in rows {_rows(bad)}")
     return values.astype(np.int64)
