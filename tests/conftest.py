@@ -131,7 +131,11 @@ def abide_dev(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
                     archive.extractall(staging, filter="data")
                 else:
                     archive.extractall(staging)
-            (staging / "abide-dev").rename(tree)
+            try:
+                (staging / "abide-dev").rename(tree)
+            except OSError:  # another session finished the same extraction first
+                if not tree.is_dir():
+                    raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         (cache / "complete").write_text("extracted\n")
