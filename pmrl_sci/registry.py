@@ -19,11 +19,19 @@ Outside packages add encoders without touching this one, through the
 
 An entry point may name a class or factory (registered under the entry point's
 name) or a module whose import registers its encoders itself.
+
+This module imports none of the components: it is a leaf that the encoder,
+objective and head modules import to register themselves. The built-in
+components are listed by name and module in :data:`BUILTIN_ENCODERS` (and its
+siblings); a registry imports the module of a built-in name the first time that
+name is looked up, so building ``"mlp"`` imports ``pmrl_sci.encoders.mlp`` and
+no other encoder family.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.metadata
 import inspect
 import logging
@@ -55,11 +63,17 @@ class Registry(Generic[T]):
     entry_point_group : str, optional
         An ``importlib.metadata`` entry-point group scanned (once, lazily) for
         components defined in other installed packages.
+    lazy_modules : mapping of str to str, optional
+        Names registered by importing a module: ``{name: "package.module"}``. The
+        module is imported the first time ``name`` is looked up, and must register
+        ``name`` when imported.
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+    def __init__(self, kind: str, entry_point_group: str | None = None,
+                 lazy_modules: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.lazy_modules: dict[str, str] = dict(lazy_modules or {})
         self._factories: dict[str, T] = {}
         self._entry_points_loaded = entry_point_group is None
 
@@ -104,8 +118,7 @@ class Registry(Generic[T]):
         UnknownNameError
             With the registered names closest to ``name``.
         """
-        if name not in self._factories:
-            self.load_entry_points()
+        self._load(name)
         try:
             return self._factories[name]
         except KeyError:
@@ -128,11 +141,13 @@ class Registry(Generic[T]):
         return factory(**kwargs)
 
     def names(self) -> list[str]:
-        """Sorted registered names (entry points included)."""
+        """Sorted registered names: built-in ones (imported or not) and entry points included."""
         self.load_entry_points()
-        return sorted(self._factories)
+        return sorted(set(self._factories) | set(self.lazy_modules))
 
     def __contains__(self, name: object) -> bool:
+        if name in self.lazy_modules:
+            return True
         if name not in self._factories:
             self.load_entry_points()
         return name in self._factories
@@ -142,6 +157,18 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self.names())
+
+    def _load(self, name: str) -> None:
+        """Make ``name`` registered if it can be: import its built-in module, else scan the entry points."""
+        if name in self._factories:
+            return
+        module = self.lazy_modules.get(name) if isinstance(name, str) else None
+        if module is not None:
+            importlib.import_module(module)
+            if name not in self._factories:
+                raise RuntimeError(f"{self.kind} {name!r}: importing {module} did not register it")
+            return
+        self.load_entry_points()
 
     # -- plug-ins -----------------------------------------------------------------
     def load_entry_points(self, *, force: bool = False) -> None:
@@ -171,10 +198,38 @@ def _describe(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
-ENCODERS: Registry[Callable[..., Any]] = Registry("encoder", ENCODER_ENTRY_POINT_GROUP)
-OBJECTIVES: Registry[Callable[..., Any]] = Registry("objective")
-HEADS: Registry[Callable[..., Any]] = Registry("head")
-DATASETS: Registry[Callable[..., Any]] = Registry("dataset")
+#: Built-in encoders: name -> the module that registers it (imported on first lookup).
+BUILTIN_ENCODERS: dict[str, str] = {
+    "mlp": "pmrl_sci.encoders.mlp",
+    "text": "pmrl_sci.encoders.text",
+    "brainnettf": "pmrl_sci.encoders.brainnettf",
+    "vanillatf": "pmrl_sci.encoders.vanillatf",
+    "brainnetcnn": "pmrl_sci.encoders.brainnetcnn",
+    "hsi_cnn": "pmrl_sci.encoders.cnn",
+    "lidar_cnn": "pmrl_sci.encoders.cnn",
+    "vision": "pmrl_sci.encoders.vision",
+    "depth": "pmrl_sci.encoders.depth",
+    "touch": "pmrl_sci.encoders.touch",
+    "audio": "pmrl_sci.encoders.audio",
+    "features": "pmrl_sci.encoders.features",
+}
+#: Built-in objectives: name -> module.
+BUILTIN_OBJECTIVES: dict[str, str] = {
+    "pmrl": "pmrl_sci.objectives.pmrl",
+    "gram": "pmrl_sci.objectives.gram",
+    "vast": "pmrl_sci.objectives.vast",
+    "instance_matching": "pmrl_sci.objectives.matching",
+    "classification": "pmrl_sci.objectives.classification",
+}
+#: Built-in heads: name -> module.
+BUILTIN_HEADS: dict[str, str] = {"mlp": "pmrl_sci.heads", "linear": "pmrl_sci.heads"}
+#: Built-in datasets: name -> module.
+BUILTIN_DATASETS: dict[str, str] = {"synthetic_scenes": "pmrl_sci.data.synthetic_scenes"}
+
+ENCODERS: Registry[Callable[..., Any]] = Registry("encoder", ENCODER_ENTRY_POINT_GROUP, BUILTIN_ENCODERS)
+OBJECTIVES: Registry[Callable[..., Any]] = Registry("objective", lazy_modules=BUILTIN_OBJECTIVES)
+HEADS: Registry[Callable[..., Any]] = Registry("head", lazy_modules=BUILTIN_HEADS)
+DATASETS: Registry[Callable[..., Any]] = Registry("dataset", lazy_modules=BUILTIN_DATASETS)
 
 register_encoder = ENCODERS.register
 register_objective = OBJECTIVES.register
@@ -184,36 +239,26 @@ register_dataset = DATASETS.register
 
 def build_encoder(name: str, /, **kwargs: Any) -> Any:
     """Build a registered encoder (``pmrl_sci.encoders`` entry points included)."""
-    import pmrl_sci.encoders  # noqa: F401  - registers the built-in encoders
-
     return ENCODERS.build(name, **kwargs)
 
 
 def build_head(name: str, /, **kwargs: Any) -> Any:
     """Build a registered head."""
-    import pmrl_sci.heads  # noqa: F401
-
     return HEADS.build(name, **kwargs)
 
 
 def list_encoders() -> list[str]:
     """Names of the available encoders."""
-    import pmrl_sci.encoders  # noqa: F401
-
     return ENCODERS.names()
 
 
 def list_objectives() -> list[str]:
     """Names of the available objectives."""
-    import pmrl_sci.objectives  # noqa: F401
-
     return OBJECTIVES.names()
 
 
 def list_heads() -> list[str]:
     """Names of the available heads."""
-    import pmrl_sci.heads  # noqa: F401
-
     return HEADS.names()
 
 

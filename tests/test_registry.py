@@ -1,12 +1,30 @@
 """Registry behaviour and discovery of outside encoders through entry points."""
 
 import importlib
+import json
+import os
+import subprocess
+import sys
 import textwrap
+import types
+from pathlib import Path
 
 import pytest
 import torch
 
-from pmrl_sci.registry import ENCODERS, Registry, UnknownNameError, build_encoder, list_encoders
+from pmrl_sci.registry import (
+    BUILTIN_DATASETS,
+    BUILTIN_ENCODERS,
+    BUILTIN_HEADS,
+    BUILTIN_OBJECTIVES,
+    ENCODERS,
+    Registry,
+    UnknownNameError,
+    build_encoder,
+    list_encoders,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_register_build_list_and_errors():
@@ -104,3 +122,76 @@ def test_heads_are_built_by_name():
     assert {"mlp", "linear"} <= set(list_heads())
     head = build_head("mlp", in_features=8, num_classes=3, num_layers=3)
     assert head(torch.randn(4, 8)).shape == (4, 3)
+
+
+def _run_python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (nothing imported yet) and return its stdout."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            check=False, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_registry_is_a_leaf_and_builds_only_the_family_it_needs():
+    out = _run_python('''
+        import json, sys
+        import pmrl_sci.registry as registry
+        before = sorted(m for m in sys.modules if m.startswith("pmrl_sci"))
+        encoder = registry.build_encoder("mlp", in_features=3, embed_dim=4)
+        after = sorted(m for m in sys.modules if m.startswith("pmrl_sci"))
+        print(json.dumps({"before": before, "after": after, "type": type(encoder).__name__}))
+    ''')
+    report = json.loads(out)
+    assert report["before"] == ["pmrl_sci", "pmrl_sci.registry"]
+    assert report["type"] == "MLPEncoder"
+    assert "pmrl_sci.encoders.mlp" in report["after"]
+    other_families = {module for name, module in BUILTIN_ENCODERS.items() if module != "pmrl_sci.encoders.mlp"}
+    assert not other_families & set(report["after"])
+    assert not any(m.startswith(("pmrl_sci.objectives", "pmrl_sci.heads", "pmrl_sci.data")) for m in report["after"])
+
+
+def test_builtin_tables_match_what_the_modules_register():
+    out = _run_python('''
+        import importlib, json
+        from pmrl_sci import registry
+        tables = {"encoder": (registry.ENCODERS, registry.BUILTIN_ENCODERS),
+                  "objective": (registry.OBJECTIVES, registry.BUILTIN_OBJECTIVES),
+                  "head": (registry.HEADS, registry.BUILTIN_HEADS),
+                  "dataset": (registry.DATASETS, registry.BUILTIN_DATASETS)}
+        report = {}
+        for kind, (reg, table) in tables.items():
+            for module in sorted(set(table.values())):
+                importlib.import_module(module)
+            report[kind] = {"registered": sorted(reg._factories), "table": sorted(table),
+                            "by_module": {n: f.__module__ for n, f in reg._factories.items()}}
+        print(json.dumps(report))
+    ''')
+    tables = {"encoder": BUILTIN_ENCODERS, "objective": BUILTIN_OBJECTIVES, "head": BUILTIN_HEADS,
+              "dataset": BUILTIN_DATASETS}
+    for kind, report in json.loads(out).items():
+        assert report["registered"] == report["table"], kind
+        for name, module in report["by_module"].items():
+            assert module == tables[kind][name], (kind, name)
+
+
+def test_lazy_module_is_imported_on_first_lookup(tmp_path, monkeypatch):
+    (tmp_path / "lazy_widgets.py").write_text(textwrap.dedent('''
+        from tests_lazy_registry import WIDGETS
+
+        @WIDGETS.register("round")
+        def round_widget(size: int = 2):
+            return ("round", size)
+    '''))
+    (tmp_path / "lazy_nothing.py").write_text("REGISTERS = None\n")
+    widgets = Registry("widget", lazy_modules={"round": "lazy_widgets", "square": "lazy_nothing"})
+    holder = types.ModuleType("tests_lazy_registry")
+    holder.WIDGETS = widgets
+    monkeypatch.setitem(sys.modules, "tests_lazy_registry", holder)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "lazy_widgets", raising=False)
+    assert widgets.names() == ["round", "square"] and "round" in widgets
+    assert "lazy_widgets" not in sys.modules  # listing names imports nothing
+    assert widgets.build("round", size=5) == ("round", 5)
+    assert "lazy_widgets" in sys.modules
+    with pytest.raises(RuntimeError, match="importing lazy_nothing did not register it"):
+        widgets.get("square")
