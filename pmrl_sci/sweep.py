@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import optuna
-from optuna.trial import FrozenTrial, TrialState
-
+from pmrl_sci.extras import require
 from pmrl_sci.sweep_spaces import SearchSpace, SpaceError, default_space, load_space, options_to_argv, parser_actions
+
+optuna = require("optuna", "sweep", "Optuna sweeps")
+FrozenTrial, TrialState = optuna.trial.FrozenTrial, optuna.trial.TrialState
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -204,6 +205,7 @@ def redact(url: str) -> str:
     """``url`` with any password hidden."""
     if "://" not in url or "@" not in url:
         return url
+    require("sqlalchemy", "sweep", "checking a sweep storage URL")
     from sqlalchemy.engine import make_url
 
     try:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from nilearn.connectome import sym_matrix_to_vec
+
+from pmrl_sci.extras import require
 
 if TYPE_CHECKING:  # pragma: no cover
     from pmrl_sci.baselines.logistic import LogisticConfig, fit_predict_logistic
@@ -61,7 +62,8 @@ def vectorize_connectivity(matrices: np.ndarray) -> np.ndarray:
     if not np.isfinite(m).all():
         raise ValueError("connectivity: matrices contain NaN or infinite values (Fisher-z of a correlation of 1? "
                          "set the diagonal to zero before the transform)")
-    vec = sym_matrix_to_vec(m, discard_diagonal=True)
+    connectome = require("nilearn.connectome", "neuro", "vectorising connectivity")
+    vec = connectome.sym_matrix_to_vec(m, discard_diagonal=True)
     return vec.reshape(m.shape[0], -1)
 
 

@@ -23,11 +23,15 @@ from sklearn.feature_selection import RFE
 from sklearn.linear_model import RidgeClassifier
 from sklearn.preprocessing import StandardScaler, normalize
 from torch import nn
-from torch_geometric.data import Data
-from torch_geometric.nn import ChebConv
-from torch_geometric.utils import get_laplacian, to_scipy_sparse_matrix
 
 from pmrl_sci.baselines import check_binary_labels, check_splits
+from pmrl_sci.extras import require
+
+_GCN = "the population-graph GCN baseline"
+Data = require("torch_geometric.data", "neuro", _GCN).Data
+ChebConv = require("torch_geometric.nn", "neuro", _GCN).ChebConv
+get_laplacian = require("torch_geometric.utils", "neuro", _GCN).get_laplacian
+to_scipy_sparse_matrix = require("torch_geometric.utils", "neuro", _GCN).to_scipy_sparse_matrix
 
 __all__ = ["PopulationGCN", "PopulationGCNConfig", "build_population_graph", "chebyshev_basis",
            "fit_predict_population_gcn", "laplacian_lambda_max", "phenotype_scores", "scaled_laplacian",

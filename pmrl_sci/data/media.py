@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pmrl_sci.errors import InputError
+from pmrl_sci.extras import require
 
 KINDS = ("image", "video", "depth", "audio", "features", "text")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -46,6 +47,7 @@ class LoadOptions:
 
 def load_image(path: str | os.PathLike[str], size: int) -> np.ndarray:
     """An RGB image as float32 ``[3, size, size]`` in ``[0, 1]``."""
+    require("PIL", "media", "reading images")
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -71,6 +73,7 @@ def load_video(folder: str | os.PathLike[str], size: int, num_frames: int) -> np
 
 def load_depth(path: str | os.PathLike[str], size: int, png_scale: float = 1000.0) -> np.ndarray:
     """A depth map as float32 ``[1, size, size]`` (nearest-neighbour resize, so missing zeros stay zeros)."""
+    require("PIL", "media", "reading images")
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)

@@ -16,6 +16,7 @@ import numpy as np
 
 from pmrl_sci.data.manifest import write_manifest
 from pmrl_sci.errors import InputError
+from pmrl_sci.extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ def nyudv2_to_manifest(labeled_mat: str | os.PathLike[str], out_dir: str | os.Pa
     FileNotFoundError, ValueError
         Missing file, not HDF5, missing ``images`` / ``depths``, shapes that do not match.
     """
+    require("h5py", "media", "reading NYU Depth v2's MATLAB v7.3 file")
+    require("PIL", "media", "writing NYU Depth v2 images")
     import h5py
     from PIL import Image
 

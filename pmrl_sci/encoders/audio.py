@@ -21,6 +21,7 @@ from torch import nn
 
 from pmrl_sci.encoders.base import Encoder, InputSpec, pooled_output
 from pmrl_sci.encoders.vision import ConvBackbone
+from pmrl_sci.extras import require
 from pmrl_sci.registry import register_encoder
 
 
@@ -129,6 +130,7 @@ class HFAudioBackbone(nn.Module):
 
     def __init__(self, path: str | os.PathLike[str], sample_rate: int) -> None:
         super().__init__()
+        require("transformers", "text", "a Hugging Face audio backbone")
         from transformers import AutoConfig, AutoModel
 
         directory = Path(path).expanduser()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pmrl_sci.encoders.base import Encoder, InputSpec, pooled_output
+from pmrl_sci.extras import require
 from pmrl_sci.registry import register_encoder
 
 
@@ -87,6 +88,7 @@ class HFVisionBackbone(nn.Module):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__()
+        require("transformers", "text", "a Hugging Face vision backbone")
         from transformers import AutoConfig, AutoModel
 
         directory = Path(path).expanduser()

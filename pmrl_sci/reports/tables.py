@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
+from pmrl_sci.extras import require
 from pmrl_sci.io import atomic_write_text
+
+pd = require("pandas", "neuro", "the results tables")
 
 #: Metrics of the binary-classification front ends, in table order, with their column titles.
 DEFAULT_METRICS: dict[str, str] = {"auc": "AUC", "accuracy": "ACC", "sensitivity": "SEN", "specificity": "SPE"}

@@ -7,11 +7,16 @@ and the tests), ``generator`` (simulated cohort in the real formats) and ``cohor
 (``load_abide_cohort``, ``fetch_abide``).
 """
 
-from pmrl_sci.data.abide.cohort import AbideCohort, fetch_abide, load_abide_cohort
-from pmrl_sci.data.abide.connectivity import compute_connectivity
-from pmrl_sci.data.abide.generator import generate_abide_like
-from pmrl_sci.data.abide.phenotype import quality_filter, read_phenotype
-from pmrl_sci.data.abide.timeseries import ATLAS_ROIS, find_roi_files, read_roi_timeseries
+from pmrl_sci.extras import require
+
+for _package in ("pandas", "nilearn", "threadpoolctl"):  # imported at the top of the modules below
+    require(_package, "neuro", "the ABIDE data readers")
+
+from pmrl_sci.data.abide.cohort import AbideCohort, fetch_abide, load_abide_cohort  # noqa: E402
+from pmrl_sci.data.abide.connectivity import compute_connectivity  # noqa: E402
+from pmrl_sci.data.abide.generator import generate_abide_like  # noqa: E402
+from pmrl_sci.data.abide.phenotype import quality_filter, read_phenotype  # noqa: E402
+from pmrl_sci.data.abide.timeseries import ATLAS_ROIS, find_roi_files, read_roi_timeseries  # noqa: E402
 
 __all__ = [
     "ATLAS_ROIS",

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pmrl_sci.errors import InputError
+from pmrl_sci.extras import require
 
 HOUSTON13_CLASSES: tuple[str, ...] = (
     "Healthy grass", "Stressed grass", "Synthetic grass", "Trees", "Soil", "Water", "Residential", "Commercial",
@@ -268,6 +269,7 @@ def read_raster(path: PathLike) -> Raster:
     Pixels declared nodata (the file's nodata value or its mask) are recorded in ``nodata_mask``; non-finite
     values that are not declared nodata raise :class:`Houston13DataError`.
     """
+    require("rasterio", "geo", "reading GeoTIFF rasters")
     import rasterio
     from rasterio.enums import MaskFlags
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
@@ -320,6 +322,7 @@ def read_mat_array(path: PathLike, names: tuple[str, ...]) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MATLAB file not found: {path}")
+    require("h5py", "geo", "reading MATLAB v7.3 files")
     import h5py
 
     if h5py.is_hdf5(path):  # MATLAB v7.3 files are HDF5
@@ -493,6 +496,7 @@ def load_houston13(data_dir: PathLike | None = None, files: Houston13Files | Non
 def _check_same_georeferencing(hsi_path: Path, lidar_path: Path) -> None:
     if hsi_path.suffix.lower() == ".mat" or lidar_path.suffix.lower() == ".mat":
         return
+    require("rasterio", "geo", "reading GeoTIFF rasters")
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 

@@ -38,6 +38,7 @@ from pmrl_sci.data.houston13.readers import (
     Houston13Files,
     write_envi_roi,
 )
+from pmrl_sci.extras import require
 
 WAVELENGTHS_NM = np.linspace(364.0, 1046.0, HOUSTON13_BANDS)
 
@@ -210,6 +211,7 @@ def write_synthetic_houston13(out_dir: str | os.PathLike[str], config: Synthetic
     """
     import json
 
+    require("rasterio", "geo", "writing GeoTIFF rasters")
     import rasterio
     from rasterio.crs import CRS
     from rasterio.transform import Affine
