@@ -8,19 +8,37 @@ Route
 -----
 Nothing of size d x d is formed. The k x k Gram matrix G_i = z_i z_i^T = Z_i^T Z_i costs
 O(k^2 d); its eigendecomposition G = V diag(lambda) V^T gives the right singular vectors V
-(k x k). The singular values are then taken as sigma_j = ||Z v_j|| (the norm of the
-projection, accurate to float rounding of Z even for tiny sigma_j, unlike sqrt(lambda_j)),
-and the leading left singular vector is u_1 = Z v_1 / sigma_1.
+(k x k), the singular values sigma_j = sqrt(lambda_j) and the leading left singular vector
+u_1 = Z v_1 / ||Z v_1||. Everything after the Gram matrix is k x k work, so one pass over d
+forms G, one forms u_1, and the backward pass goes back to z in one more.
+
+Accuracy of the values
+----------------------
+sqrt(lambda_j) has an absolute error of about sqrt(eps * k) (eps the unit round-off: about 3e-4
+in float32 for k = 4, 1e-8 in float64), so in float32 the small singular values near alignment
+(sigma_2..sigma_k below about 1e-3) are rounding noise on this route. That does not matter to a
+loss (they enter a softmax at temperature 0.05), and the objectives use this route
+(:func:`gram_spectrum`). Values that are read or logged should come from :func:`spectrum` (its
+default ``exact_values=True``) or :func:`singular_values`, which take them from
+``torch.linalg.svdvals`` of Z (error about eps * sigma_1, also for tiny sigma_j).
 
 Gradients
 ---------
 Autograd through ``eigh`` (or ``svd``) divides by eigenvalue gaps and returns NaN or inf when
 singular values coincide, which is exactly the state PMRL drives towards (all modalities equal:
-sigma_2 = ... = sigma_k = 0). :class:`GramSpectrum` therefore has its own backward, the standard
-eigenvector perturbation formula with every 1/(l_j - l_i) replaced by
-(l_j - l_i) / ((l_j - l_i)^2 + eps): exact for well separated spectra (relative bias
-eps / gap^2) and bounded by 1 / (2 sqrt(eps)) everywhere. The singular-value part uses
-d sigma_j / dZ = u_j v_j^T with u_j = Z v_j / max(sigma_j, tiny), whose norm is at most one.
+sigma_2 = ... = sigma_k = 0). :class:`SymmetricEigen` therefore has its own backward, the
+standard eigenvector perturbation formula with every 1/(l_j - l_i) replaced by
+(l_j - l_i) / ((l_j - l_i)^2 + gap_eps): exact for well separated spectra (relative bias
+gap_eps / gap^2) and bounded by 1 / (2 sqrt(gap_eps)) everywhere. The eigenvalues' own
+derivative d lambda_j = v_j^T dG v_j needs no regularisation.
+
+The square root is the other hazard: d sigma = d lambda / (2 sigma) is unbounded as sigma -> 0,
+and near zero lambda_j is rounding noise, so 1 / sigma_j multiplies noise. :func:`regularised_sqrt`
+uses sigma / (2 (lambda + value_eps)) instead, with value_eps = 16 eps trace(G) per instance
+(:func:`value_eps`): exact up to a relative bias value_eps / lambda (below 1e-4 for sigma_j > 0.1
+in float32), and the gradient into z stays below |dL/dsigma_j| (times a small constant) however
+small or noisy lambda_j is. A singular value at zero receives no gradient (zero is a valid
+subgradient of a singular value at zero, and the one that does not blow up).
 
 Sign convention
 ---------------
@@ -47,6 +65,10 @@ import torch
 DEFAULT_GAP_EPS = 1e-10
 #: Relative tolerance under which the sign of 1^T v_j counts as zero.
 DEFAULT_TIE_TOL = 1e-6
+#: value_eps = VALUE_EPS_FACTOR * eps(dtype) * trace(G): the regulariser of d sqrt(lambda) (module docstring).
+VALUE_EPS_FACTOR = 16.0
+#: Rows of norm at or below this count as exactly zero in :func:`normalize_rows`.
+NORMALIZE_EPS = 1e-12
 
 
 class Spectrum(NamedTuple):
@@ -67,8 +89,50 @@ class Spectrum(NamedTuple):
     v: torch.Tensor
 
 
-def _decomposition_dtype(dtype: torch.dtype) -> torch.dtype:
+def decomposition_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the decompositions run in: float64 for float64 input, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _NormalizeRows(torch.autograd.Function):
+    """``x / ||x||`` along the last axis; rows of norm <= NORMALIZE_EPS give 0 with a zero gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        above = norms > NORMALIZE_EPS
+        scale = torch.where(above, norms.clamp_min(NORMALIZE_EPS).reciprocal(), 0.0).unsqueeze(-1)
+        y = x * scale
+        ctx.save_for_backward(y, scale)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        y, scale = ctx.saved_tensors
+        radial = (grad * y).sum(-1, keepdim=True)
+        return (grad - y * radial) * scale, None
+
+
+def normalize_rows(x: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit-normalise along the last axis, with a bounded gradient at exactly zero rows.
+
+    Parameters
+    ----------
+    x : Tensor [..., d]
+    norms : Tensor [...], optional
+        ``||x||`` along the last axis, if already computed.
+
+    Returns
+    -------
+    Tensor [..., d]
+        ``x / ||x||``; a row of norm <= 1e-12 (an exactly zero embedding, in practice) gives zero
+        and receives a zero gradient. ``F.normalize`` instead divides by ``max(||x||, 1e-12)``, so
+        its gradient at an exactly zero row is 1e12 times the incoming one. The direction of a zero
+        vector is undefined; treating the row as a constant zero is the bounded choice. The
+        backward is fused (3 passes instead of autograd's 8).
+    """
+    if norms is None:
+        norms = torch.linalg.vector_norm(x, dim=-1)
+    return _NormalizeRows.apply(x, norms)
 
 
 def _orient(v: torch.Tensor, tie_tol: float) -> torch.Tensor:
@@ -84,55 +148,121 @@ def _orient(v: torch.Tensor, tie_tol: float) -> torch.Tensor:
     return v * sign.unsqueeze(-2)
 
 
-class GramSpectrum(torch.autograd.Function):
-    """sigma [B, k], V [B, k, k] and u1 [B, d] of z [B, k, d] through the Gram matrix, with a stable backward."""
+class SymmetricEigen(torch.autograd.Function):
+    """Eigenvalues (descending) and sign-fixed eigenvectors of symmetric matrices, with a bounded backward.
+
+    ``SymmetricEigen.apply(matrix, gap_eps, tie_tol)`` with ``matrix`` [B, k, k] symmetric returns
+    ``values`` [B, k] (descending) and ``vectors`` [B, k, k] (column j belongs to value j, oriented as in
+    the module docstring). Backward: ``V (diag(g_values) + F o (V^T g_vectors)) V^T``, symmetrised, with
+    F_ij = (l_j - l_i) / ((l_j - l_i)^2 + gap_eps).
+    """
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, gap_eps: float, tie_tol: float):  # type: ignore[override]
-        gram = z @ z.transpose(-1, -2)
-        _, vectors = torch.linalg.eigh(gram)  # ascending; eigh reads one triangle, so no symmetrisation
-        projections = torch.einsum("bkj,bkd->bjd", vectors, z)  # row j = (Z v_j)^T, [B, k, d]
-        sigma = projections.norm(dim=-1)
-        sigma, order = sigma.sort(dim=-1, descending=True, stable=True)
-        vectors = vectors.gather(-1, order.unsqueeze(-2).expand_as(vectors))
-        vectors = _orient(vectors, tie_tol)
-        tiny = torch.finfo(sigma.dtype).tiny ** 0.5
-        u1 = torch.einsum("bk,bkd->bd", vectors[..., :, 0], z) / sigma[..., :1].clamp_min(tiny)
+    def forward(ctx, matrix: torch.Tensor, gap_eps: float, tie_tol: float):  # type: ignore[override]
+        values, vectors = torch.linalg.eigh(matrix)  # ascending; eigh reads one triangle
+        values, vectors = values.flip(-1), _orient(vectors.flip(-1), tie_tol)
         ctx.gap_eps = gap_eps
-        ctx.save_for_backward(z, sigma, vectors, u1)
-        return sigma, vectors, u1
+        ctx.save_for_backward(values, vectors)
+        return values, vectors
 
     @staticmethod
-    def backward(ctx, grad_sigma: torch.Tensor | None, grad_v: torch.Tensor | None,  # type: ignore[override]
-                 grad_u1: torch.Tensor | None):
-        z, sigma, vectors, u1 = ctx.saved_tensors
-        tiny = torch.finfo(sigma.dtype).tiny ** 0.5
-        grad_z_direct = None
-        if grad_u1 is not None:
-            # u1 = p / ||p|| with p = Z v1: through the normalisation, then into Z and v1
-            grad_p = (grad_u1 - u1 * (u1 * grad_u1).sum(-1, keepdim=True)) / sigma[..., :1].clamp_min(tiny)
-            grad_z_direct = vectors[..., :, 0].unsqueeze(-1) * grad_p.unsqueeze(-2)
-            grad_v1 = torch.einsum("bkd,bd->bk", z, grad_p)
-            extra = torch.zeros_like(vectors)
-            extra[..., :, 0] = grad_v1
-            grad_v = extra if grad_v is None else grad_v + extra
-        inner = torch.zeros(vectors.shape, dtype=vectors.dtype, device=vectors.device)
-        if grad_sigma is not None:
-            # d sigma_j = v_j^T dG v_j / (2 sigma_j)
-            inner = inner + torch.diag_embed(grad_sigma / (2.0 * sigma.clamp_min(tiny)))
-        if grad_v is not None:
-            lam = sigma * sigma
-            gap = lam.unsqueeze(-2) - lam.unsqueeze(-1)  # [.., i, j] = l_j - l_i
-            inv_gap = gap / (gap * gap + ctx.gap_eps)
-            inner = inner + inv_gap * (vectors.transpose(-1, -2) @ grad_v)
-        grad_gram = vectors @ inner @ vectors.transpose(-1, -2)
-        grad_z = torch.einsum("bij,bjd->bid", grad_gram + grad_gram.transpose(-1, -2), z)
-        if grad_z_direct is not None:
-            grad_z = grad_z + grad_z_direct
-        return grad_z, None, None
+    def backward(ctx, grad_values: torch.Tensor | None, grad_vectors: torch.Tensor | None
+                 ):  # type: ignore[override]
+        values, vectors = ctx.saved_tensors
+        if grad_vectors is not None:
+            gap = values.unsqueeze(-2) - values.unsqueeze(-1)  # [.., i, j] = l_j - l_i
+            inner = gap / (gap * gap + ctx.gap_eps) * (vectors.transpose(-1, -2) @ grad_vectors)
+            if grad_values is not None:
+                inner = inner + torch.diag_embed(grad_values)
+            grad = vectors @ inner @ vectors.transpose(-1, -2)
+            grad = 0.5 * (grad + grad.transpose(-1, -2))
+        elif grad_values is not None:
+            weighted = vectors * grad_values.unsqueeze(-2)
+            grad = weighted @ vectors.transpose(-1, -2)  # already symmetric
+        else:
+            return None, None, None
+        return grad, None, None
 
 
-def spectrum(z: torch.Tensor, *, gap_eps: float = DEFAULT_GAP_EPS, tie_tol: float = DEFAULT_TIE_TOL) -> Spectrum:
+class _RegularisedSqrt(torch.autograd.Function):
+    """sqrt(max(x, 0)) with the derivative sqrt(x) / (2 (x + eps)) (bounded by 1 / (4 sqrt(eps)))."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        root = x.clamp_min(0.0).sqrt()
+        ctx.save_for_backward(root, eps)
+        return root
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        root, eps = ctx.saved_tensors
+        return grad * root / (2.0 * (root * root + eps)), None
+
+
+def regularised_sqrt(x: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor:
+    """``sqrt(max(x, 0))`` whose gradient is ``sqrt(x) / (2 (x + eps))`` instead of ``1 / (2 sqrt(x))``.
+
+    Parameters
+    ----------
+    x : Tensor
+        Values (eigenvalues of a Gram matrix, squared norms), possibly slightly negative by rounding.
+    eps : Tensor or float
+        Regulariser, broadcastable to ``x`` and positive: the relative bias of the gradient is
+        ``eps / x``, and the gradient is 0 at ``x <= 0``.
+
+    Returns
+    -------
+    Tensor
+        The square roots.
+    """
+    eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+    return _RegularisedSqrt.apply(x, eps)
+
+
+def value_eps(gram: torch.Tensor) -> torch.Tensor:
+    """Regulariser of d sqrt(lambda) for Gram matrices ``[B, k, k]``: ``16 eps trace(G)``, shape [B, 1].
+
+    ``eps`` is the unit round-off of ``gram``'s dtype: value_eps is a few times the rounding error of
+    the eigenvalues, so below it lambda_j is noise (floored at the dtype's smallest normal number, for
+    all-zero matrices).
+    """
+    finfo = torch.finfo(gram.dtype)
+    trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
+    return (VALUE_EPS_FACTOR * finfo.eps * trace).clamp_min(finfo.tiny)
+
+
+def gram_matrix(z: torch.Tensor) -> torch.Tensor:
+    """The Gram matrices ``G = z z^T`` ([B, k, k]) of z [B, k, d], in z's dtype."""
+    return z @ z.transpose(-1, -2)
+
+
+def gram_spectrum(z: torch.Tensor, gram: torch.Tensor | None = None, *, gap_eps: float = DEFAULT_GAP_EPS,
+                  tie_tol: float = DEFAULT_TIE_TOL) -> Spectrum:
+    """Singular values, u1 and V of ``z`` [B, k, d] from its Gram matrix alone (the objectives' route).
+
+    ``z`` must already be in its decomposition dtype, outside autocast (as :func:`spectrum` does). The
+    values are ``sqrt(lambda_j)``: fast, with bounded gradients, but with an absolute error of about
+    sqrt(eps k) (see the module docstring); use :func:`spectrum` or :func:`singular_values` for values
+    that are read.
+
+    Parameters
+    ----------
+    z : Tensor [B, k, d]
+    gram : Tensor [B, k, k], optional
+        ``z z^T`` if already formed (with gradient).
+    gap_eps, tie_tol : float
+        As in :func:`spectrum`.
+    """
+    if gram is None:
+        gram = gram_matrix(z)
+    values, vectors = SymmetricEigen.apply(gram, gap_eps, tie_tol)
+    sigma = regularised_sqrt(values, value_eps(gram))
+    projection = torch.einsum("bk,bkd->bd", vectors[..., :, 0], z)  # Z v_1, of norm sigma_1
+    return Spectrum(sigma, normalize_rows(projection), vectors)
+
+
+def spectrum(z: torch.Tensor, *, gap_eps: float = DEFAULT_GAP_EPS, tie_tol: float = DEFAULT_TIE_TOL,
+             exact_values: bool = True) -> Spectrum:
     """Singular values, sign-fixed leading left singular vector and right singular vectors.
 
     Parameters
@@ -144,6 +274,12 @@ def spectrum(z: torch.Tensor, *, gap_eps: float = DEFAULT_GAP_EPS, tie_tol: floa
         Regulariser of the eigenvalue gaps in the backward pass.
     tie_tol : float
         Tolerance of the sign convention's tie test.
+    exact_values : bool
+        True (default): ``sigma`` from ``torch.linalg.svdvals`` of Z, accurate to about
+        eps * sigma_1 even for tiny sigma_j (use this for values that are logged or analysed).
+        False: ``sigma = sqrt(eigenvalues of G)`` as the objectives compute it, cheaper but with an
+        absolute error of about sqrt(eps k) (3e-4 in float32 at k = 4), so sigma_j below about
+        1e-3 are noise in float32.
 
     Returns
     -------
@@ -153,8 +289,10 @@ def spectrum(z: torch.Tensor, *, gap_eps: float = DEFAULT_GAP_EPS, tie_tol: floa
 
     Notes
     -----
-    Runs in float32 (float64 stays float64) with autocast disabled. Gradients are finite
-    for every input, including exactly coinciding or orthogonal modalities.
+    Runs in float32 (float64 stays float64) with autocast disabled. Gradients are finite and
+    bounded for every input, including exactly coinciding or orthogonal modalities and zero
+    rows (with ``exact_values=True`` the gradient of ``sigma`` is torch's ``U diag(g) V^T``,
+    which involves no division).
     """
     if z.dim() < 2:
         raise ValueError(f"spectrum expects z of shape [B, k, d], got {list(z.shape)}")
@@ -165,16 +303,23 @@ def spectrum(z: torch.Tensor, *, gap_eps: float = DEFAULT_GAP_EPS, tie_tol: floa
         raise ValueError(f"spectrum expects k <= d (k modalities of dimension d), got k={z.shape[-2]}, "
                          f"d={z.shape[-1]}")
     with torch.autocast(device_type=z.device.type, enabled=False):
-        z = z.to(_decomposition_dtype(z.dtype))
-        sigma, vectors, u1 = GramSpectrum.apply(z, gap_eps, tie_tol)
+        z = z.to(decomposition_dtype(z.dtype))
+        result = gram_spectrum(z, gap_eps=gap_eps, tie_tol=tie_tol)
+        if exact_values:
+            result = result._replace(sigma=torch.linalg.svdvals(z))
     if squeeze:
-        return Spectrum(sigma[0], u1[0], vectors[0])
-    return Spectrum(sigma, u1, vectors)
+        return Spectrum(*(part[0] for part in result))
+    return result
 
 
 def singular_values(z: torch.Tensor) -> torch.Tensor:
-    """Singular values ``[B, k]`` (descending) of each ``z[i]`` (see :func:`spectrum`)."""
-    return spectrum(z).sigma
+    """Singular values ``[B, k]`` (descending) of each ``z[i]``, from ``torch.linalg.svdvals``.
+
+    Accurate to about eps * sigma_1 also for tiny values (float32 or float64, autocast off): the route
+    for logged values.
+    """
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        return torch.linalg.svdvals(z.to(decomposition_dtype(z.dtype)))
 
 
 def svd_reference(z: torch.Tensor, full_matrices: bool = True) -> Spectrum:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pmrl_sci.spectral import GramSpectrum, spectrum, svd_reference
+from pmrl_sci.spectral import SymmetricEigen, gram_spectrum, regularised_sqrt, singular_values, spectrum, svd_reference
 
 
 def _random(batch: int, k: int, d: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
@@ -88,48 +88,108 @@ def test_gradients_match_float64_svd_on_separated_spectra(k):
     assert rel < 1e-4
 
 
-def _pmrl_like_loss(z: torch.Tensor) -> torch.Tensor:
-    s = spectrum(z)
+def _pmrl_like_loss(z: torch.Tensor, exact_values: bool = False) -> torch.Tensor:
+    s = spectrum(z, exact_values=exact_values)
     logits = s.sigma / 0.05
     target = torch.zeros(z.shape[0], dtype=torch.long)
     return F.cross_entropy(logits, target) + (s.u1 @ s.u1.T / 0.1).logsumexp(1).mean()
 
 
-def _degenerate_inputs(k: int = 4, d: int = 16):
+def _degenerate_inputs(k: int = 4, d: int = 16, noisy: bool = True):
     g = torch.Generator().manual_seed(0)
     one = F.normalize(torch.randn(d, generator=g), dim=0)
     identical = one.expand(3, k, d).clone()
     orthogonal = torch.eye(d)[:k].expand(3, k, d).clone()
     two_identical_rest_orthogonal = torch.eye(d)[:k].clone()
     two_identical_rest_orthogonal[1] = two_identical_rest_orthogonal[0]
-    cases = {"identical": identical, "orthogonal": orthogonal,
+    random_aligned = F.normalize(torch.randn(3, 1, d, generator=g), dim=-1).expand(3, k, d).clone()
+    cases = {"identical": identical, "orthogonal": orthogonal, "random_aligned": random_aligned,
              "pair": two_identical_rest_orthogonal.expand(3, k, d).clone()}
-    for name, value in list(cases.items()):
-        for scale in (1e-7, 1e-4):
-            noise = torch.randn(value.shape, generator=g) * scale
-            cases[f"{name}+{scale:g}"] = F.normalize(value + noise, dim=-1)
+    for name in ("random_aligned", "orthogonal"):  # an exactly zero embedding among equal or orthogonal ones
+        with_zero = cases[name].clone()
+        with_zero[:, 1] = 0.0
+        cases[f"{name}_one_zero"] = with_zero
+    if noisy:
+        for name in ("identical", "orthogonal", "pair"):
+            for scale in (1e-7, 1e-4):
+                noise = torch.randn(cases[name].shape, generator=g) * scale
+                cases[f"{name}+{scale:g}"] = F.normalize(cases[name] + noise, dim=-1)
     return cases
 
 
 @pytest.mark.parametrize("name,z", list(_degenerate_inputs().items()))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_gradients_finite_on_degenerate_inputs(name, z, dtype):
-    z = z.detach().to(dtype).clone().requires_grad_()
-    loss = _pmrl_like_loss(z)
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert torch.isfinite(z.grad).all(), name
+    for exact_values in (False, True):
+        z = z.detach().to(dtype).clone().requires_grad_()
+        loss = _pmrl_like_loss(z, exact_values)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert torch.isfinite(z.grad).all(), name
 
 
-def test_torch_svd_is_nan_where_ours_is_finite():
-    """The motivating failure: autograd through torch.linalg.svd on orthogonal modalities (equal sigmas)."""
-    z = _degenerate_inputs()["orthogonal"].double().clone().requires_grad_()
-    r = svd_reference(z, full_matrices=False)
-    logits = r.sigma / 0.05
+@pytest.mark.parametrize("k", range(2, 9))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradients_bounded_on_exactly_degenerate_inputs(k, dtype):
+    """Exactly equal, orthogonal, paired and zero rows: every gradient norm stays O(1 / tau), k = 2..8.
+
+    Autograd through torch.linalg.svd gives NaN here (equal singular values); the previous Gram backward
+    gave norms of 1e96..1e105 in float64 (a residual value clamped to 1e-154 still took gradient).
+    """
+    for name, value in _degenerate_inputs(k=k, d=32, noisy=False).items():
+        for exact_values in (False, True):
+            z = value.to(dtype).clone().requires_grad_()
+            spec = spectrum(z, exact_values=exact_values)
+            loss = F.cross_entropy(spec.sigma / 0.05, torch.zeros(3, dtype=torch.long)) + spec.u1.sum()
+            loss.backward()
+            assert torch.isfinite(loss), (name, exact_values)
+            assert z.grad.norm(dim=-1).max() < 100.0, (name, exact_values, z.grad.norm(dim=-1).max())
+
+
+def test_ours_bounded_where_torch_svd_gradient_is_nan():
+    """Orthogonal modalities (equal sigmas): torch's SVD backward is NaN, ours is bounded and finite."""
+    z = _degenerate_inputs(noisy=False)["orthogonal"].double().clone().requires_grad_()
+    ours = spectrum(z, exact_values=False)
+    logits = ours.sigma / 0.05
     target = torch.zeros(z.shape[0], dtype=torch.long)
-    loss = F.cross_entropy(logits, target) + (r.u1 @ r.u1.T / 0.1).logsumexp(1).mean()
+    loss = F.cross_entropy(logits, target) + (ours.u1 @ ours.u1.T / 0.1).logsumexp(1).mean()
     loss.backward()
-    assert not torch.isfinite(z.grad).all()
+    assert torch.isfinite(z.grad).all() and z.grad.norm() < 100.0
+    # at equal eigenvalues the eigenvector part of the backward is switched off (F_ij = 0), and the value
+    # part is exact: d sigma_j = v_j^T dG v_j / (2 sigma_j) with sigma_j = 1 here
+    grad_values = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    zz = z.detach().clone().requires_grad_()
+    sigma = spectrum(zz, exact_values=False).sigma
+    (sigma * grad_values).sum().backward()
+    vectors = spectrum(zz.detach(), exact_values=False).v
+    expected = torch.einsum("bj,bkj,bij,bid->bkd", grad_values, vectors, vectors, zz.detach())
+    assert torch.allclose(zz.grad, expected, atol=1e-10)
+
+
+def test_regularised_sqrt():
+    x = torch.tensor([4.0, 1e-4, 0.0, -1e-9], dtype=torch.float64, requires_grad=True)
+    root = regularised_sqrt(x, 1e-12)
+    assert torch.allclose(root, torch.tensor([2.0, 1e-2, 0.0, 0.0], dtype=torch.float64))
+    root.sum().backward()
+    assert torch.allclose(x.grad[:2], 0.5 / root[:2].detach(), rtol=1e-7)
+    assert torch.equal(x.grad[2:], torch.zeros(2, dtype=torch.float64))
+    assert (regularised_sqrt(torch.tensor([1e-20], requires_grad=True), 1e-6).sum().backward() is None)
+
+
+def test_logged_values_accurate_near_alignment_in_float32():
+    """sigma_2 ~ 1e-4: svdvals (spectrum's default, singular_values) is accurate, the Gram route is not."""
+    g = torch.Generator().manual_seed(0)
+    base = F.normalize(torch.randn(64, 1, 128, generator=g, dtype=torch.float64), dim=-1)
+    z64 = F.normalize(base + 1e-5 * torch.randn(64, 4, 128, generator=g, dtype=torch.float64), dim=-1)
+    reference = torch.linalg.svdvals(z64)
+    assert reference[:, 1].median() < 3e-4  # near alignment
+    z = z64.float()
+    for values in (singular_values(z), spectrum(z).sigma):
+        assert values.dtype == torch.float32
+        assert ((values.double() - reference).abs() / reference).max() < 1e-2
+    # the Gram route's values: absolute error of about sqrt(eps k), documented, not relative accuracy
+    gram_values = spectrum(z, exact_values=False).sigma.double()
+    assert (gram_values - reference).abs().max() < 4 * (torch.finfo(torch.float32).eps * 4) ** 0.5
 
 
 def test_theorem_sigma1_sqrt_k_iff_aligned_and_sum_of_squares():
@@ -149,10 +209,13 @@ def test_gradcheck_custom_backward():
     z = torch.randn(4, 3, 7, dtype=torch.float64, requires_grad=True)
 
     def fn(x):
-        return GramSpectrum.apply(x, 1e-20, 1e-6)  # sigma, V and u1
+        return tuple(gram_spectrum(x, gap_eps=1e-20))  # sigma, u1 and V
 
     assert torch.autograd.gradcheck(fn, (z,), eps=1e-6, atol=1e-6, rtol=1e-4)
     assert torch.autograd.gradcheck(lambda x: spectrum(x, gap_eps=1e-20).u1, (z,), eps=1e-6, atol=1e-6)
+    matrix = torch.randn(5, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda m: SymmetricEigen.apply(m + m.transpose(1, 2), 1e-20, 1e-6), (matrix,),
+                                    eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
 def test_float32_under_autocast():

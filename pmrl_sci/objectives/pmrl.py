@@ -17,10 +17,19 @@ from pmrl_sci.objectives._common import (
     zero_loss,
 )
 from pmrl_sci.registry import register_objective
-from pmrl_sci.spectral import spectrum
+from pmrl_sci.spectral import (
+    DEFAULT_GAP_EPS,
+    DEFAULT_TIE_TOL,
+    SymmetricEigen,
+    decomposition_dtype,
+    gram_matrix,
+    gram_spectrum,
+    regularised_sqrt,
+    value_eps,
+)
 
 
-def sign_aware_values(z: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+def sign_aware_values(z: torch.Tensor, present: torch.Tensor, *, gram: torch.Tensor | None = None) -> torch.Tensor:
     """The sign-aware counterpart of the singular values, ``[B, k]``.
 
     Singular values cannot tell a modality from its negation (negating a column of Z leaves every
@@ -32,19 +41,48 @@ def sign_aware_values(z: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     alignment means, and its gradient always pulls the modalities together. With missing
     modalities the mean is over the present ones (k_i of them).
 
+    Both parts follow from the k x k Gram matrix G = Z^T Z: with m the indicator of the present
+    modalities (k_i = 1^T m), the leading value is sqrt(m^T G m / k_i), and the residual is Z Q with
+    Q = diag(m) - m m^T / k_i, so its values are the square roots of the eigenvalues of Q G Q. No
+    second pass over the embedding dimension is needed. Square roots are taken with
+    :func:`~pmrl_sci.spectral.regularised_sqrt`, so gradients stay bounded at exact alignment and
+    when the modalities cancel exactly (the values near zero are then rounding noise of size
+    sqrt(eps k), which a softmax at temperature 0.05 does not notice).
+
+    Relation to the singular values: the leading value is sigma_1 computed with the right singular
+    vector forced to be the (present) all-ones direction, and the rest are the singular values of Z
+    restricted to its orthogonal complement. Hence ell <= sigma_1, and by Ky Fan's maximum principle
+    every partial sum of squares ell^2 + r_1^2 + ... + r_{j-1}^2 <= sigma_1^2 + ... + sigma_j^2, with
+    all equal exactly when the all-ones vector is a right singular vector of Z belonging to sigma_1
+    (all row sums of G equal with a non-negative cosine structure, e.g. k = 2 with a non-negative
+    cosine, or all pairwise cosines equal and non-negative). Otherwise, for k >= 3, the values and
+    the loss differ from the paper's even when every cosine is positive.
+
     Parameters
     ----------
     z : Tensor [B, k, d]
-        Unit-norm embeddings, zero rows where missing.
+        Unit-norm embeddings, zero rows where missing (float32 or float64).
     present : Tensor [B, k] of bool
+    gram : Tensor [B, k, k], optional
+        ``z z^T`` if already formed (with gradient).
+
+    Returns
+    -------
+    Tensor [B, k]
+        ``[ell, r_1, ..., r_{k-1}]``; with k_i present modalities the entries from k_i on are zero.
     """
-    n_present = present.sum(dim=1).clamp_min(1).to(z.dtype)
-    mean = z.sum(dim=1) / n_present.unsqueeze(1)
-    # sqrt with a tiny floor: the gradient stays finite when the modalities cancel exactly
-    leading = torch.sqrt((mean * mean).sum(dim=-1) * n_present + 1e-12)
-    residual = (z - mean.unsqueeze(1)) * present.unsqueeze(-1).to(z.dtype)
-    rest = spectrum(residual).sigma[:, :-1]  # the residual has rank <= k_i - 1
-    return torch.cat([leading.unsqueeze(1), rest], dim=1)
+    if gram is None:
+        gram = gram_matrix(z)
+    weights = present.to(gram.dtype)
+    n_present = weights.sum(dim=1, keepdim=True).clamp_min(1.0)  # [B, 1]
+    eps = value_eps(gram)  # [B, 1]
+    energy = torch.einsum("bi,bij,bj->b", weights, gram, weights).unsqueeze(1) / n_present
+    leading = regularised_sqrt(energy, eps)
+    centring = torch.diag_embed(weights) - weights.unsqueeze(2) * weights.unsqueeze(1) / n_present.unsqueeze(2)
+    residual_gram = centring @ gram @ centring
+    residual_values, _ = SymmetricEigen.apply(residual_gram, DEFAULT_GAP_EPS, DEFAULT_TIE_TOL)
+    rest = regularised_sqrt(residual_values[:, :-1], eps)  # the residual has rank <= k_i - 1
+    return torch.cat([leading, rest], dim=1)
 
 
 def pmrl_alignment_loss(sigma: torch.Tensor, present: torch.Tensor, tau1: float, rank: int = 1) -> torch.Tensor:
@@ -152,8 +190,11 @@ class PMRLObjective(nn.Module):
     def forward(self, embeddings: Mapping[str, torch.Tensor], mask: MaskLike = None) -> dict[str, torch.Tensor]:
         """Loss and its parts for a ``{modality: [B, d]}`` dict."""
         _, z, present = stack_modalities(embeddings, mask)
-        spec = spectrum(z)
-        values = sign_aware_values(z, present) if self.sign_aware else spec.sigma
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = z.to(decomposition_dtype(z.dtype))
+            gram = gram_matrix(z)
+            spec = gram_spectrum(z, gram)
+            values = sign_aware_values(z, present, gram=gram) if self.sign_aware else spec.sigma
         alignment = pmrl_alignment_loss(values, present, self.tau1, self.rank)
         u1, valid, full = spec.u1, present.any(dim=1), present.all(dim=1)
         if gather_active(self.gather):
