@@ -26,19 +26,22 @@ Gradients
 ---------
 Autograd through ``eigh`` (or ``svd``) divides by eigenvalue gaps and returns NaN or inf when
 singular values coincide, which is exactly the state PMRL drives towards (all modalities equal:
-sigma_2 = ... = sigma_k = 0). :class:`SymmetricEigen` therefore has its own backward, the
+sigma_2 = ... = sigma_k = 0). :class:`GramSpectrum` therefore has its own backward, the
 standard eigenvector perturbation formula with every 1/(l_j - l_i) replaced by
 (l_j - l_i) / ((l_j - l_i)^2 + gap_eps): exact for well separated spectra (relative bias
 gap_eps / gap^2) and bounded by 1 / (2 sqrt(gap_eps)) everywhere. The eigenvalues' own
 derivative d lambda_j = v_j^T dG v_j needs no regularisation.
 
 The square root is the other hazard: d sigma = d lambda / (2 sigma) is unbounded as sigma -> 0,
-and near zero lambda_j is rounding noise, so 1 / sigma_j multiplies noise. :func:`regularised_sqrt`
-uses sigma / (2 (lambda + value_eps)) instead, with value_eps = 16 eps trace(G) per instance
-(:func:`value_eps`): exact up to a relative bias value_eps / lambda (below 1e-4 for sigma_j > 0.1
-in float32), and the gradient into z stays below |dL/dsigma_j| (times a small constant) however
-small or noisy lambda_j is. A singular value at zero receives no gradient (zero is a valid
-subgradient of a singular value at zero, and the one that does not blow up).
+and near zero lambda_j is rounding noise, so 1 / sigma_j multiplies noise (the previous backward
+clamped sigma_j at 1e-19 / 1e-154 and gave gradient norms up to 1e105, or NaN, at exact alignment).
+:func:`sqrt_derivative` uses sigma / (2 (lambda + value_eps)) instead, with
+value_eps = 16 eps trace(G) per instance (:func:`value_eps`): exact up to a relative bias
+value_eps / lambda (below 1e-4 for sigma_j > 0.1 in float32), and the gradient into z stays below
+|dL/dsigma_j| times a small constant however small or noisy lambda_j is. A singular value at zero
+receives no gradient (zero is a valid subgradient of a singular value at zero, and the one that
+does not blow up). An exactly zero embedding gets a zero gradient from the row normalisation
+(:func:`normalize_rows`).
 
 Sign convention
 ---------------
@@ -57,6 +60,7 @@ ambient autocast state.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -148,75 +152,27 @@ def _orient(v: torch.Tensor, tie_tol: float) -> torch.Tensor:
     return v * sign.unsqueeze(-2)
 
 
-class SymmetricEigen(torch.autograd.Function):
-    """Eigenvalues (descending) and sign-fixed eigenvectors of symmetric matrices, with a bounded backward.
+_EIGH_POOL: ThreadPoolExecutor | None = None
+#: On CPU, batches of at least this many matrices are split over torch's intra-op threads (see :func:`batched_eigh`).
+EIGH_SPLIT_MIN_BATCH = 256
 
-    ``SymmetricEigen.apply(matrix, gap_eps, tie_tol)`` with ``matrix`` [B, k, k] symmetric returns
-    ``values`` [B, k] (descending) and ``vectors`` [B, k, k] (column j belongs to value j, oriented as in
-    the module docstring). Backward: ``V (diag(g_values) + F o (V^T g_vectors)) V^T``, symmetrised, with
-    F_ij = (l_j - l_i) / ((l_j - l_i)^2 + gap_eps).
+
+def batched_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` of a batch ``[B, k, k]`` of small symmetric matrices, ascending.
+
+    On CPU, LAPACK solves a batch one matrix after the other on one thread (about 4 us per 4 x 4 matrix),
+    while the rest of an objective's work (matrix products) uses every intra-op thread. Batches of at least
+    ``EIGH_SPLIT_MIN_BATCH`` matrices are therefore split into ``torch.get_num_threads()`` parts solved
+    concurrently (torch releases the GIL inside the call). Same results as one call, matrix by matrix.
     """
-
-    @staticmethod
-    def forward(ctx, matrix: torch.Tensor, gap_eps: float, tie_tol: float):  # type: ignore[override]
-        values, vectors = torch.linalg.eigh(matrix)  # ascending; eigh reads one triangle
-        values, vectors = values.flip(-1), _orient(vectors.flip(-1), tie_tol)
-        ctx.gap_eps = gap_eps
-        ctx.save_for_backward(values, vectors)
-        return values, vectors
-
-    @staticmethod
-    def backward(ctx, grad_values: torch.Tensor | None, grad_vectors: torch.Tensor | None
-                 ):  # type: ignore[override]
-        values, vectors = ctx.saved_tensors
-        if grad_vectors is not None:
-            gap = values.unsqueeze(-2) - values.unsqueeze(-1)  # [.., i, j] = l_j - l_i
-            inner = gap / (gap * gap + ctx.gap_eps) * (vectors.transpose(-1, -2) @ grad_vectors)
-            if grad_values is not None:
-                inner = inner + torch.diag_embed(grad_values)
-            grad = vectors @ inner @ vectors.transpose(-1, -2)
-            grad = 0.5 * (grad + grad.transpose(-1, -2))
-        elif grad_values is not None:
-            weighted = vectors * grad_values.unsqueeze(-2)
-            grad = weighted @ vectors.transpose(-1, -2)  # already symmetric
-        else:
-            return None, None, None
-        return grad, None, None
-
-
-class _RegularisedSqrt(torch.autograd.Function):
-    """sqrt(max(x, 0)) with the derivative sqrt(x) / (2 (x + eps)) (bounded by 1 / (4 sqrt(eps)))."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        root = x.clamp_min(0.0).sqrt()
-        ctx.save_for_backward(root, eps)
-        return root
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        root, eps = ctx.saved_tensors
-        return grad * root / (2.0 * (root * root + eps)), None
-
-
-def regularised_sqrt(x: torch.Tensor, eps: torch.Tensor | float) -> torch.Tensor:
-    """``sqrt(max(x, 0))`` whose gradient is ``sqrt(x) / (2 (x + eps))`` instead of ``1 / (2 sqrt(x))``.
-
-    Parameters
-    ----------
-    x : Tensor
-        Values (eigenvalues of a Gram matrix, squared norms), possibly slightly negative by rounding.
-    eps : Tensor or float
-        Regulariser, broadcastable to ``x`` and positive: the relative bias of the gradient is
-        ``eps / x``, and the gradient is 0 at ``x <= 0``.
-
-    Returns
-    -------
-    Tensor
-        The square roots.
-    """
-    eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
-    return _RegularisedSqrt.apply(x, eps)
+    global _EIGH_POOL
+    threads = torch.get_num_threads()
+    if matrix.device.type != "cpu" or threads < 2 or matrix.dim() != 3 or matrix.shape[0] < EIGH_SPLIT_MIN_BATCH:
+        return torch.linalg.eigh(matrix)
+    if _EIGH_POOL is None or _EIGH_POOL._max_workers != threads:
+        _EIGH_POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pmrl-eigh")
+    parts = list(_EIGH_POOL.map(torch.linalg.eigh, matrix.chunk(threads)))
+    return torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
 
 
 def value_eps(gram: torch.Tensor) -> torch.Tensor:
@@ -231,13 +187,73 @@ def value_eps(gram: torch.Tensor) -> torch.Tensor:
     return (VALUE_EPS_FACTOR * finfo.eps * trace).clamp_min(finfo.tiny)
 
 
-def gram_matrix(z: torch.Tensor) -> torch.Tensor:
-    """The Gram matrices ``G = z z^T`` ([B, k, k]) of z [B, k, d], in z's dtype."""
-    return z @ z.transpose(-1, -2)
+def sqrt_derivative(root: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The regularised derivative of ``root = sqrt(lambda)``: ``root / (2 (root^2 + eps))`` (0 at root = 0).
+
+    Exact up to a relative bias eps / lambda, and at most 1 / (4 sqrt(eps)) where 1 / (2 root) is unbounded.
+    """
+    return root / (2.0 * (root * root + eps))
 
 
-def gram_spectrum(z: torch.Tensor, gram: torch.Tensor | None = None, *, gap_eps: float = DEFAULT_GAP_EPS,
-                  tie_tol: float = DEFAULT_TIE_TOL) -> Spectrum:
+class GramSpectrum(torch.autograd.Function):
+    """sigma [B, k], V [B, k, k], u1 [B, d] and G [B, k, k] of z [B, k, d] through the Gram matrix.
+
+    ``GramSpectrum.apply(z, gap_eps, tie_tol)``. Forward: G = z z^T, its eigendecomposition (values
+    descending, vectors oriented as in the module docstring), sigma = sqrt(max(lambda, 0)) and
+    u1 = z^T v1 / sigma_1 (0 where sigma_1 is 0). G is returned too, so that losses built on it (the
+    sign-aware values) send their gradient back through the same single pass over d. Backward:
+    X = V (diag(g_sigma sigma / (2 (lambda + value_eps))) + F o (V^T g_V)) V^T + g_G with
+    F_ij = (l_j - l_i) / ((l_j - l_i)^2 + gap_eps), then g_z = (X + X^T) z + v1 (x) g_p, where g_p is
+    the gradient reaching p = z^T v1 through u1 = p / ||p||.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, gap_eps: float, tie_tol: float):  # type: ignore[override]
+        gram = z @ z.transpose(-1, -2)
+        values, vectors = batched_eigh(gram)  # ascending; eigh reads one triangle, so no symmetrisation
+        values, vectors = values.flip(-1), _orient(vectors.flip(-1), tie_tol)
+        sigma = values.clamp_min(0.0).sqrt()
+        tiny = torch.finfo(sigma.dtype).tiny ** 0.5
+        leading = sigma[..., :1]
+        inverse_sigma1 = torch.where(leading > tiny, leading.clamp_min(tiny).reciprocal(), 0.0)
+        u1 = torch.einsum("bk,bkd->bd", vectors[..., :, 0], z) * inverse_sigma1  # ||z^T v1|| = sigma_1
+        ctx.gap_eps = gap_eps
+        ctx.save_for_backward(z, sigma, vectors, u1, inverse_sigma1, value_eps(gram))
+        return sigma, vectors, u1, gram
+
+    @staticmethod
+    def backward(ctx, grad_sigma: torch.Tensor | None, grad_v: torch.Tensor | None,  # type: ignore[override]
+                 grad_u1: torch.Tensor | None, grad_gram: torch.Tensor | None):
+        z, sigma, vectors, u1, inverse_sigma1, eps = ctx.saved_tensors
+        grad_z_direct = None
+        if grad_u1 is not None:
+            # u1 = p / ||p|| with p = Z v1: through the normalisation, then into Z and v1
+            grad_p = (grad_u1 - u1 * (u1 * grad_u1).sum(-1, keepdim=True)) * inverse_sigma1
+            grad_z_direct = vectors[..., :, 0].unsqueeze(-1) * grad_p.unsqueeze(-2)
+            grad_v1 = torch.einsum("bkd,bd->bk", z, grad_p)
+            extra = torch.zeros_like(vectors)
+            extra[..., :, 0] = grad_v1
+            grad_v = extra if grad_v is None else grad_v + extra
+        inner = None
+        if grad_v is not None:
+            lam = sigma * sigma
+            gap = lam.unsqueeze(-2) - lam.unsqueeze(-1)  # [.., i, j] = l_j - l_i
+            inner = gap / (gap * gap + ctx.gap_eps) * (vectors.transpose(-1, -2) @ grad_v)
+        if grad_sigma is not None:
+            diagonal = torch.diag_embed(grad_sigma * sqrt_derivative(sigma, eps))
+            inner = diagonal if inner is None else inner + diagonal
+        total = grad_gram
+        if inner is not None:
+            rotated = vectors @ inner @ vectors.transpose(-1, -2)
+            total = rotated if total is None else total + rotated
+        grad_z = None if total is None else (total + total.transpose(-1, -2)) @ z
+        if grad_z_direct is not None:
+            grad_z = grad_z_direct if grad_z is None else grad_z + grad_z_direct
+        return grad_z, None, None
+
+
+def gram_spectrum(z: torch.Tensor, *, gap_eps: float = DEFAULT_GAP_EPS, tie_tol: float = DEFAULT_TIE_TOL
+                  ) -> tuple[Spectrum, torch.Tensor]:
     """Singular values, u1 and V of ``z`` [B, k, d] from its Gram matrix alone (the objectives' route).
 
     ``z`` must already be in its decomposition dtype, outside autocast (as :func:`spectrum` does). The
@@ -248,17 +264,17 @@ def gram_spectrum(z: torch.Tensor, gram: torch.Tensor | None = None, *, gap_eps:
     Parameters
     ----------
     z : Tensor [B, k, d]
-    gram : Tensor [B, k, k], optional
-        ``z z^T`` if already formed (with gradient).
     gap_eps, tie_tol : float
         As in :func:`spectrum`.
+
+    Returns
+    -------
+    spectrum : Spectrum
+    gram : Tensor [B, k, k]
+        ``z z^T``, differentiable: its gradient joins the same backward pass over d.
     """
-    if gram is None:
-        gram = gram_matrix(z)
-    values, vectors = SymmetricEigen.apply(gram, gap_eps, tie_tol)
-    sigma = regularised_sqrt(values, value_eps(gram))
-    projection = torch.einsum("bk,bkd->bd", vectors[..., :, 0], z)  # Z v_1, of norm sigma_1
-    return Spectrum(sigma, normalize_rows(projection), vectors)
+    sigma, vectors, u1, gram = GramSpectrum.apply(z, gap_eps, tie_tol)
+    return Spectrum(sigma, u1, vectors), gram
 
 
 def spectrum(z: torch.Tensor, *, gap_eps: float = DEFAULT_GAP_EPS, tie_tol: float = DEFAULT_TIE_TOL,
@@ -304,7 +320,7 @@ def spectrum(z: torch.Tensor, *, gap_eps: float = DEFAULT_GAP_EPS, tie_tol: floa
                          f"d={z.shape[-1]}")
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = z.to(decomposition_dtype(z.dtype))
-        result = gram_spectrum(z, gap_eps=gap_eps, tie_tol=tie_tol)
+        result, _ = gram_spectrum(z, gap_eps=gap_eps, tie_tol=tie_tol)
         if exact_values:
             result = result._replace(sigma=torch.linalg.svdvals(z))
     if squeeze:

@@ -77,6 +77,20 @@ def _positive_configurations(k: int, count: int = 400, seed: int = 0) -> torch.T
     return z[positive]
 
 
+def test_sign_aware_values_gradcheck():
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(5, 4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    present = torch.ones(5, 4, dtype=torch.bool)
+    present[1, 3] = False
+    present[2, 0] = False
+    valid_entries = torch.arange(4) < present.sum(1, keepdim=True)  # beyond k_i the values are zeros (noise)
+
+    def fn(x):
+        return sign_aware_values(x * present.unsqueeze(-1), present) * valid_entries
+
+    assert torch.autograd.gradcheck(fn, (z,), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
 def test_sign_aware_values_match_their_definition_with_masks():
     """ell = ||sum of present z|| / sqrt(k_i), rest = singular values of the residual (from G alone)."""
     g = torch.Generator().manual_seed(0)

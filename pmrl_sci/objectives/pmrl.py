@@ -17,16 +17,36 @@ from pmrl_sci.objectives._common import (
     zero_loss,
 )
 from pmrl_sci.registry import register_objective
-from pmrl_sci.spectral import (
-    DEFAULT_GAP_EPS,
-    DEFAULT_TIE_TOL,
-    SymmetricEigen,
-    decomposition_dtype,
-    gram_matrix,
-    gram_spectrum,
-    regularised_sqrt,
-    value_eps,
-)
+from pmrl_sci.spectral import batched_eigh, decomposition_dtype, gram_spectrum, sqrt_derivative, value_eps
+
+
+class _SignAwareValues(torch.autograd.Function):
+    """(ell, r_1, ..., r_{k-1}) [B, k] from G [B, k, k] and the present weights [B, k]; bounded backward."""
+
+    @staticmethod
+    def forward(ctx, gram: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        n_present = weights.sum(dim=1, keepdim=True).clamp_min(1.0)  # [B, 1]
+        energy = ((gram @ weights.unsqueeze(2)).squeeze(2) * weights).sum(1, keepdim=True) / n_present
+        leading = energy.clamp_min(0.0).sqrt()
+        centring = torch.diag_embed(weights) - weights.unsqueeze(2) * (weights / n_present).unsqueeze(1)
+        residual_values, residual_vectors = batched_eigh(centring @ gram @ centring)  # ascending
+        # the residual has rank <= k_i - 1: drop the smallest (the mean direction's, zero up to rounding)
+        rest = residual_values[:, 1:].flip(-1).clamp_min(0.0).sqrt()
+        ctx.save_for_backward(weights, n_present, leading, centring, residual_vectors[:, :, 1:].flip(-1), rest,
+                              value_eps(gram))
+        return torch.cat([leading, rest], dim=1)
+
+    @staticmethod
+    def backward(ctx, grad_values: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        weights, n_present, leading, centring, vectors, rest, eps = ctx.saved_tensors
+        # ell = sqrt(w^T G w / n): d ell / dG = w w^T ell / (2 n (ell^2 + eps))
+        scale_leading = grad_values[:, :1] * sqrt_derivative(leading, eps) / n_present
+        grad_gram = scale_leading.unsqueeze(2) * (weights.unsqueeze(2) * weights.unsqueeze(1))
+        # r_j = sqrt(eig_j(Q G Q)): d r_j / dG = Q w_j w_j^T Q r_j / (2 (r_j^2 + eps))
+        scale_rest = grad_values[:, 1:] * sqrt_derivative(rest, eps)
+        projected = centring @ vectors  # [B, k, k-1]
+        grad_gram = grad_gram + (projected * scale_rest.unsqueeze(1)) @ projected.transpose(1, 2)
+        return grad_gram, None
 
 
 def sign_aware_values(z: torch.Tensor, present: torch.Tensor, *, gram: torch.Tensor | None = None) -> torch.Tensor:
@@ -44,10 +64,10 @@ def sign_aware_values(z: torch.Tensor, present: torch.Tensor, *, gram: torch.Ten
     Both parts follow from the k x k Gram matrix G = Z^T Z: with m the indicator of the present
     modalities (k_i = 1^T m), the leading value is sqrt(m^T G m / k_i), and the residual is Z Q with
     Q = diag(m) - m m^T / k_i, so its values are the square roots of the eigenvalues of Q G Q. No
-    second pass over the embedding dimension is needed. Square roots are taken with
-    :func:`~pmrl_sci.spectral.regularised_sqrt`, so gradients stay bounded at exact alignment and
-    when the modalities cancel exactly (the values near zero are then rounding noise of size
-    sqrt(eps k), which a softmax at temperature 0.05 does not notice).
+    second pass over the embedding dimension is needed. The square roots' derivatives are
+    regularised as in :func:`~pmrl_sci.spectral.sqrt_derivative`, so gradients stay bounded at exact
+    alignment and when the modalities cancel exactly (the values near zero are then rounding noise of
+    size sqrt(eps k), which a softmax at temperature 0.05 does not notice).
 
     Relation to the singular values: the leading value is sigma_1 computed with the right singular
     vector forced to be the (present) all-ones direction, and the rest are the singular values of Z
@@ -64,7 +84,8 @@ def sign_aware_values(z: torch.Tensor, present: torch.Tensor, *, gram: torch.Ten
         Unit-norm embeddings, zero rows where missing (float32 or float64).
     present : Tensor [B, k] of bool
     gram : Tensor [B, k, k], optional
-        ``z z^T`` if already formed (with gradient).
+        ``z z^T`` if already formed (with gradient), e.g. by :func:`~pmrl_sci.spectral.gram_spectrum`;
+        ``z`` is then not read.
 
     Returns
     -------
@@ -72,17 +93,10 @@ def sign_aware_values(z: torch.Tensor, present: torch.Tensor, *, gram: torch.Ten
         ``[ell, r_1, ..., r_{k-1}]``; with k_i present modalities the entries from k_i on are zero.
     """
     if gram is None:
-        gram = gram_matrix(z)
-    weights = present.to(gram.dtype)
-    n_present = weights.sum(dim=1, keepdim=True).clamp_min(1.0)  # [B, 1]
-    eps = value_eps(gram)  # [B, 1]
-    energy = torch.einsum("bi,bij,bj->b", weights, gram, weights).unsqueeze(1) / n_present
-    leading = regularised_sqrt(energy, eps)
-    centring = torch.diag_embed(weights) - weights.unsqueeze(2) * weights.unsqueeze(1) / n_present.unsqueeze(2)
-    residual_gram = centring @ gram @ centring
-    residual_values, _ = SymmetricEigen.apply(residual_gram, DEFAULT_GAP_EPS, DEFAULT_TIE_TOL)
-    rest = regularised_sqrt(residual_values[:, :-1], eps)  # the residual has rank <= k_i - 1
-    return torch.cat([leading, rest], dim=1)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = z.to(decomposition_dtype(z.dtype))
+            gram = z @ z.transpose(1, 2)
+    return _SignAwareValues.apply(gram, present.to(gram.dtype))
 
 
 def pmrl_alignment_loss(sigma: torch.Tensor, present: torch.Tensor, tau1: float, rank: int = 1) -> torch.Tensor:
@@ -93,8 +107,11 @@ def pmrl_alignment_loss(sigma: torch.Tensor, present: torch.Tensor, tau1: float,
     Singular values of missing modalities (exactly zero, at the end) are left out of the softmax.
     ``sigma`` may also be the output of :func:`sign_aware_values`.
     """
-    n_present = present.sum(dim=1)
     k = sigma.shape[1]
+    if rank == 1 and bool(present.all()):  # the common case, in a third of the operations
+        target = torch.zeros(sigma.shape[0], dtype=torch.long, device=sigma.device)
+        return F.cross_entropy(sigma / tau1, target)
+    n_present = present.sum(dim=1)
     valid_entry = torch.arange(k, device=sigma.device).unsqueeze(0) < n_present.unsqueeze(1)
     logits = (sigma / tau1).masked_fill(~valid_entry, float("-inf"))
     log_p = torch.log_softmax(logits, dim=1)
@@ -108,7 +125,7 @@ def pmrl_alignment_loss(sigma: torch.Tensor, present: torch.Tensor, tau1: float,
 
 def instance_contrastive_loss(u1: torch.Tensor, valid: torch.Tensor, tau2: float) -> torch.Tensor:
     """L_M': InfoNCE over instances on the (sign-fixed) leading directions u1."""
-    u = u1[valid]
+    u = u1 if bool(valid.all()) else u1[valid]
     if u.shape[0] < 2:
         return zero_loss(u1)
     logits = u @ u.transpose(0, 1) / tau2
@@ -153,13 +170,23 @@ class PMRLObjective(nn.Module):
         Keep L_M'.
     rank : int
         1 for the paper's objective; 2 for the higher-rank ablation that maximises the
-        softmax mass of sigma_1 and sigma_2 together.
+        softmax mass of sigma_1 and sigma_2 together. With ``sign_aware=True``, rank 2 targets
+        the leading sign-aware value and the top residual value, (ell, r_1): ell^2 + r_1^2 is the
+        energy of Z in the best pair of right directions of which one is the same-sign mean
+        direction, the sign-aware counterpart of sigma_1^2 + sigma_2^2 (the best pair without
+        that constraint, which is at least as large). It is not sigma_2 (see
+        :func:`sign_aware_values`).
     sign_aware : bool
         Use :func:`sign_aware_values` in L_M in place of the singular values.
         The paper's L_M (False, the default) is blind to the sign of each modality: trained
         from scratch, a modality can align anti-parallel to the others and still give
         sigma_1 = sqrt(k), which breaks cross-modal retrieval by cosine. With pre-trained,
-        positively correlated encoders (the paper's setting) this does not arise.
+        positively correlated encoders (the paper's setting) this does not arise. The two
+        forms agree exactly only where the all-ones vector is the leading right singular vector
+        of Z (k = 2 with a non-negative cosine; all pairwise cosines equal and non-negative);
+        for k >= 3 they differ otherwise, also when every cosine is positive (ell < sigma_1, and
+        the residual values carry the difference). The instance term uses the paper's u1 in
+        both forms.
 
     gather : bool or "auto"
         Under ``torch.distributed`` (>= 2 ranks; "auto", the default, and True): L_M' contrasts the u1 of
@@ -192,14 +219,16 @@ class PMRLObjective(nn.Module):
         _, z, present = stack_modalities(embeddings, mask)
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.to(decomposition_dtype(z.dtype))
-            gram = gram_matrix(z)
-            spec = gram_spectrum(z, gram)
+            spec, gram = gram_spectrum(z)
             values = sign_aware_values(z, present, gram=gram) if self.sign_aware else spec.sigma
         alignment = pmrl_alignment_loss(values, present, self.tau1, self.rank)
-        u1, valid, full = spec.u1, present.any(dim=1), present.all(dim=1)
+        u1, valid = spec.u1, present.any(dim=1)
         if gather_active(self.gather):
             alignment, sigma1, u1, valid = _global_batch_terms(alignment, spec.sigma, u1, present, self.rank)
+        elif mask is None:
+            sigma1 = spec.sigma[:, 0].mean()
         else:
+            full = present.all(dim=1)
             sigma1 = spec.sigma[full, 0].mean() if bool(full.any()) else spec.sigma.new_zeros(())
         out = {"alignment": alignment}
         loss = alignment
