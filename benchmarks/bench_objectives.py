@@ -6,14 +6,15 @@ Routes, on the same inputs in one run:
   same B x B InfoNCE (over the normalised mean); what any PMRL-like loss costs at least.
 * ``pmrl``: this kit's objective in the paper's form (k x k Gram + eigh, custom backward).
 * ``pmrl_sa``: the sign-aware form (``sign_aware=True``, the front ends' default): the same Gram matrix, one
-  more k x k eigendecomposition.
+  more eigendecomposition, of the (k-1) x (k-1) residual Gram matrix.
 * ``ref_full``: the reference implementation's route, ``torch.linalg.svd(full_matrices=True)`` on
   [B, d, k] with the sign of u1 left to the solver, then the same L_M + L_M'.
 * ``ref_thin``: the same with ``full_matrices=False``.
 * ``vast``: anchored pairwise InfoNCE (k - 1 pairs).
 * ``gram``: GRAM's anchored volume contrastive loss.
 
-Times are medians of ``--repeats`` rounds after a warm-up, the routes taking turns in each round;
+Times are medians of at least ``--repeats`` rounds (more, up to 200, until they take ``--min-time``
+seconds) after a warm-up, the routes taking turns in each round;
 ratios are route / floor in the same run (``--target`` marks pmrl and pmrl_sa ratios above it with
 ``!``). Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak resident-set growth
 of a fresh spawned process that runs one forward + backward (Linux).
@@ -94,12 +95,18 @@ def _step(route: Callable, emb: dict[str, torch.Tensor]) -> None:
 
 
 def time_routes(routes: dict[str, Callable], emb: dict[str, torch.Tensor], repeats: int,
-                device: torch.device) -> dict[str, float]:
-    """Median fwd+bwd seconds per route; the routes take turns in every round, so load changes hit all alike."""
+                device: torch.device, min_time: float = 0.0) -> dict[str, float]:
+    """Median fwd+bwd seconds per route; the routes take turns in every round, so load changes hit all alike.
+
+    At least ``repeats`` rounds, more (up to 200) until the rounds take about ``min_time`` seconds.
+    """
+    start = time.perf_counter()
     for route in routes.values():
         _step(route, emb)  # warm-up
+    one_round = max(time.perf_counter() - start, 1e-6)
+    rounds = max(repeats, min(200, int(min_time / one_round)))
     times: dict[str, list[float]] = {name: [] for name in routes}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for name, route in routes.items():
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -162,7 +169,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 256, 1024, 4096])
     parser.add_argument("--dim", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--k", type=int, nargs="+", default=[2, 3, 4, 6])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds at least")
+    parser.add_argument("--min-time", type=float, default=1.0,
+                        help="more rounds (up to 200) until a configuration's rounds take about this many seconds")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, or all (cpu then cuda when present)")
     parser.add_argument("--max-full-svd-bytes", type=float, default=4e9,
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     devices = [d for d in devices if d != "cuda" or torch.cuda.is_available()]
     rows = []
     names = [n for n in make_routes(2) if args.routes is None or n == "floor" or n in args.routes]
-    print(f"torch {torch.__version__}, {args.threads} CPU threads; time = median fwd+bwd of {args.repeats}; "
+    print(f"torch {torch.__version__}, {args.threads} CPU threads; time = median fwd+bwd of >= {args.repeats} rounds; "
           f"(x) = route / floor; ! = pmrl or pmrl_sa above {args.target}x")
     header = "| device | B | d | k | " + " | ".join(f"{r} ms (x)" for r in names)
     header += "" if args.no_memory else " | " + " | ".join(f"{r} MB" for r in names)
@@ -194,7 +203,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     emb = _inputs(batch, dim, k, device)
                     timed = {name: route for name, route in routes.items()
                              if name != "ref_full" or batch * dim * dim * 4 <= args.max_full_svd_bytes}
-                    times = dict.fromkeys(routes, float("nan")) | time_routes(timed, emb, args.repeats, device)
+                    times = dict.fromkeys(routes, float("nan")) | time_routes(timed, emb, args.repeats, device,
+                                                                              args.min_time)
                     mems = {name: float("nan") if args.no_memory or name not in timed
                             else peak_memory(name, route, emb, device, args.threads) for name, route in routes.items()}
                     base = times["floor"]

@@ -89,6 +89,11 @@ def test_sign_aware_values_gradcheck():
         return sign_aware_values(x * present.unsqueeze(-1), present) * valid_entries
 
     assert torch.autograd.gradcheck(fn, (z,), eps=1e-6, atol=1e-6, rtol=1e-4)
+    complete = torch.ones(5, 4, dtype=torch.bool)  # the fixed-basis route
+    assert torch.autograd.gradcheck(lambda x: sign_aware_values(x, complete), (z,), eps=1e-6, atol=1e-6, rtol=1e-4)
+    pairs = torch.ones(5, 2, dtype=torch.bool)  # k = 2: a 1 x 1 residual
+    assert torch.autograd.gradcheck(lambda x: sign_aware_values(x[:, :2], pairs), (z,), eps=1e-6, atol=1e-6,
+                                    rtol=1e-4)
 
 
 def test_sign_aware_values_match_their_definition_with_masks():

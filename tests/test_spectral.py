@@ -4,7 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pmrl_sci.spectral import GramSpectrum, singular_values, spectrum, sqrt_derivative, svd_reference
+from pmrl_sci.spectral import (
+    GramSpectrum,
+    batched_eigh,
+    complement_basis,
+    singular_values,
+    spectrum,
+    sqrt_derivative,
+    svd_reference,
+)
 
 
 def _random(batch: int, k: int, d: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
@@ -202,8 +210,35 @@ def test_theorem_sigma1_sqrt_k_iff_aligned_and_sum_of_squares():
     assert sigma_aligned[:, 1:].abs().max() < 1e-3
 
 
+def test_closed_form_2x2_eigh_matches_lapack():
+    g = torch.Generator().manual_seed(0)
+    matrices = torch.randn(200, 2, 2, generator=g, dtype=torch.float64)
+    matrices = matrices @ matrices.transpose(1, 2)
+    matrices[:3] = torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=torch.float64)  # aligned pair
+    matrices[3:6] = torch.eye(2, dtype=torch.float64)  # orthogonal pair: equal values
+    matrices[6:9] = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)  # anti-parallel pair
+    values, vectors = batched_eigh(matrices)
+    reference = torch.linalg.eigh(matrices)
+    assert torch.allclose(values, reference.eigenvalues, atol=1e-12)
+    assert torch.allclose(vectors.transpose(1, 2) @ vectors, torch.eye(2, dtype=torch.float64).expand(200, 2, 2),
+                          atol=1e-12)
+    assert torch.allclose(matrices @ vectors, vectors * values.unsqueeze(1), atol=1e-12)
+    assert torch.allclose(batched_eigh(matrices.float())[0].double(), values, atol=1e-5)
+
+
+def test_complement_basis_is_orthonormal_and_orthogonal_to_ones():
+    for k in range(2, 9):
+        basis = complement_basis(k, torch.float64, torch.device("cpu"))
+        assert basis.shape == (k, k - 1)
+        assert torch.allclose(basis.T @ basis, torch.eye(k - 1, dtype=torch.float64), atol=1e-14)
+        assert basis.sum(0).abs().max() < 1e-14
+
+
 def test_gradcheck_custom_backward():
     torch.manual_seed(0)
+    z2 = torch.randn(4, 2, 5, dtype=torch.float64, requires_grad=True)  # the closed-form 2 x 2 route
+    assert torch.autograd.gradcheck(lambda x: GramSpectrum.apply(x, 1e-20, 1e-6), (z2,), eps=1e-6, atol=1e-6,
+                                    rtol=1e-4)
     z = torch.randn(4, 3, 7, dtype=torch.float64, requires_grad=True)
 
     def fn(x):

@@ -17,36 +17,55 @@ from pmrl_sci.objectives._common import (
     zero_loss,
 )
 from pmrl_sci.registry import register_objective
-from pmrl_sci.spectral import batched_eigh, decomposition_dtype, gram_spectrum, sqrt_derivative, value_eps
+from pmrl_sci.spectral import (
+    batched_eigh,
+    complement_basis,
+    decomposition_dtype,
+    gram_spectrum,
+    sqrt_derivative,
+    value_eps,
+)
 
 
 class _SignAwareValues(torch.autograd.Function):
-    """(ell, r_1, ..., r_{k-1}) [B, k] from G [B, k, k] and the present weights [B, k]; bounded backward."""
+    """(ell, r_1, ..., r_{k-1}) [B, k] from G [B, k, k] and the present weights [B, k]; bounded backward.
+
+    ``_SignAwareValues.apply(gram, weights, complete)``. The residual's Gram matrix is B^T G B: with every
+    modality present, B is the fixed orthonormal basis [k, k-1] of the complement of 1, so its k - 1
+    eigenvalues are the residual's; with missing ones, B = Q = diag(m) - m m^T / k_i per instance [B, k, k],
+    and the smallest eigenvalue (the mean direction's, zero up to rounding) is dropped.
+    """
 
     @staticmethod
-    def forward(ctx, gram: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        n_present = weights.sum(dim=1, keepdim=True).clamp_min(1.0)  # [B, 1]
-        energy = ((gram @ weights.unsqueeze(2)).squeeze(2) * weights).sum(1, keepdim=True) / n_present
+    def forward(ctx, gram: torch.Tensor, weights: torch.Tensor, complete: bool):  # type: ignore[override]
+        k = gram.shape[-1]
+        if complete:
+            n_present = torch.full_like(weights[:, :1], float(k))
+            energy = gram.sum(dim=(1, 2)).unsqueeze(1) / k
+            basis = complement_basis(k, gram.dtype, gram.device)
+            residual_values, residual_vectors = batched_eigh(basis.transpose(0, 1) @ gram @ basis)
+        else:
+            n_present = weights.sum(dim=1, keepdim=True).clamp_min(1.0)  # [B, 1]
+            energy = ((gram @ weights.unsqueeze(2)).squeeze(2) * weights).sum(1, keepdim=True) / n_present
+            basis = torch.diag_embed(weights) - weights.unsqueeze(2) * (weights / n_present).unsqueeze(1)
+            residual_values, residual_vectors = batched_eigh(basis @ gram @ basis)
+            # rank <= k_i - 1: drop the smallest (the mean direction's, zero up to rounding)
+            residual_values, residual_vectors = residual_values[:, 1:], residual_vectors[:, :, 1:]
         leading = energy.clamp_min(0.0).sqrt()
-        centring = torch.diag_embed(weights) - weights.unsqueeze(2) * (weights / n_present).unsqueeze(1)
-        residual_values, residual_vectors = batched_eigh(centring @ gram @ centring)  # ascending
-        # the residual has rank <= k_i - 1: drop the smallest (the mean direction's, zero up to rounding)
-        rest = residual_values[:, 1:].flip(-1).clamp_min(0.0).sqrt()
-        ctx.save_for_backward(weights, n_present, leading, centring, residual_vectors[:, :, 1:].flip(-1), rest,
-                              value_eps(gram))
+        rest = residual_values.flip(-1).clamp_min(0.0).sqrt()
+        ctx.save_for_backward(weights, n_present, leading, basis @ residual_vectors.flip(-1), rest, value_eps(gram))
         return torch.cat([leading, rest], dim=1)
 
     @staticmethod
-    def backward(ctx, grad_values: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        weights, n_present, leading, centring, vectors, rest, eps = ctx.saved_tensors
+    def backward(ctx, grad_values: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        weights, n_present, leading, projected, rest, eps = ctx.saved_tensors
         # ell = sqrt(w^T G w / n): d ell / dG = w w^T ell / (2 n (ell^2 + eps))
         scale_leading = grad_values[:, :1] * sqrt_derivative(leading, eps) / n_present
         grad_gram = scale_leading.unsqueeze(2) * (weights.unsqueeze(2) * weights.unsqueeze(1))
-        # r_j = sqrt(eig_j(Q G Q)): d r_j / dG = Q w_j w_j^T Q r_j / (2 (r_j^2 + eps))
+        # r_j = sqrt(eig_j(B^T G B)): d r_j / dG = (B w_j)(B w_j)^T r_j / (2 (r_j^2 + eps)); projected = B W
         scale_rest = grad_values[:, 1:] * sqrt_derivative(rest, eps)
-        projected = centring @ vectors  # [B, k, k-1]
         grad_gram = grad_gram + (projected * scale_rest.unsqueeze(1)) @ projected.transpose(1, 2)
-        return grad_gram, None
+        return grad_gram, None, None
 
 
 def sign_aware_values(z: torch.Tensor, present: torch.Tensor, *, gram: torch.Tensor | None = None) -> torch.Tensor:
@@ -96,7 +115,7 @@ def sign_aware_values(z: torch.Tensor, present: torch.Tensor, *, gram: torch.Ten
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.to(decomposition_dtype(z.dtype))
             gram = z @ z.transpose(1, 2)
-    return _SignAwareValues.apply(gram, present.to(gram.dtype))
+    return _SignAwareValues.apply(gram, present.to(gram.dtype), bool(present.all()))
 
 
 def pmrl_alignment_loss(sigma: torch.Tensor, present: torch.Tensor, tau1: float, rank: int = 1) -> torch.Tensor:
