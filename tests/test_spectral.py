@@ -33,6 +33,9 @@ def test_forward_matches_float64_svd(k, d):
     ref = svd_reference(z.double(), full_matrices=False)
     rel = (spec.sigma.double() - ref.sigma).norm(dim=-1) / ref.sigma.norm(dim=-1)
     assert rel.max() < 1e-5
+    gram_route = spectrum(z, exact_values=False)  # the objectives' values: sqrt of the Gram eigenvalues
+    assert ((gram_route.sigma.double() - ref.sigma).norm(dim=-1) / ref.sigma.norm(dim=-1)).max() < 1e-5
+    assert torch.equal(gram_route.u1, spec.u1) and torch.equal(gram_route.v, spec.v)
     assert torch.all(spec.sigma[:, :-1] >= spec.sigma[:, 1:])
     ref_u1 = _reference_u1(z.double())
     tie = (ref_u1 * z.double().sum(1)).sum(-1).abs() < 1e-5  # k = 2 with a negative cosine: u1 . sum z = 0
@@ -83,17 +86,18 @@ def test_gradients_match_float64_svd_on_separated_spectra(k):
     def objective(spec_sigma, spec_u1):
         return (torch.log_softmax(spec_sigma / 0.3, dim=1)[:, 0]).sum() + (spec_u1 * w.to(spec_u1)).sum()
 
-    ours = z.clone().requires_grad_()
-    s = spectrum(ours)
-    objective(s.sigma, s.u1).backward()
     ref = z.double().clone().requires_grad_()
     r = svd_reference(ref, full_matrices=False)
     sign = torch.sign((r.u1 * ref.sum(1)).sum(-1, keepdim=True)).detach()
     objective(r.sigma, r.u1 * sign).backward()
     gap = (r.sigma[:, :-1] - r.sigma[:, 1:]).min()
     assert gap > 1e-2  # well-separated spectra
-    rel = (ours.grad.double() - ref.grad).norm() / ref.grad.norm()
-    assert rel < 1e-4
+    for exact_values in (False, True):  # the Gram route's own backward, and svdvals' for the values
+        ours = z.clone().requires_grad_()
+        s = spectrum(ours, exact_values=exact_values)
+        objective(s.sigma, s.u1).backward()
+        rel = (ours.grad.double() - ref.grad).norm() / ref.grad.norm()
+        assert rel < 1e-4, exact_values
 
 
 def _pmrl_like_loss(z: torch.Tensor, exact_values: bool = False) -> torch.Tensor:
