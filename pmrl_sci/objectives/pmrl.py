@@ -82,11 +82,13 @@ def sign_aware_values(z: torch.Tensor, present: torch.Tensor, *, gram: torch.Ten
 
     Both parts follow from the k x k Gram matrix G = Z^T Z: with m the indicator of the present
     modalities (k_i = 1^T m), the leading value is sqrt(m^T G m / k_i), and the residual is Z Q with
-    Q = diag(m) - m m^T / k_i, so its values are the square roots of the eigenvalues of Q G Q. No
-    second pass over the embedding dimension is needed. The square roots' derivatives are
-    regularised as in :func:`~pmrl_sci.spectral.sqrt_derivative`, so gradients stay bounded at exact
-    alignment and when the modalities cancel exactly (the values near zero are then rounding noise of
-    size sqrt(eps k), which a softmax at temperature 0.05 does not notice).
+    Q = diag(m) - m m^T / k_i, so its values are the square roots of the eigenvalues of Q G Q (with
+    every modality present, of the (k-1) x (k-1) matrix H^T G H, H an orthonormal basis of the
+    complement of the all-ones vector). No second pass over the embedding dimension is needed. The
+    square roots' derivatives are regularised as in :func:`~pmrl_sci.spectral.sqrt_derivative`, so
+    gradients stay bounded at exact alignment and when the modalities cancel exactly (the values near
+    zero are then rounding noise of size sqrt(eps k), which a softmax at temperature 0.05 does not
+    notice).
 
     Relation to the singular values: the leading value is sigma_1 computed with the right singular
     vector forced to be the (present) all-ones direction, and the rest are the singular values of Z
