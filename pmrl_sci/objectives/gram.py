@@ -76,8 +76,11 @@ def anchored_gram_determinants(anchor: torch.Tensor, others: torch.Tensor, other
     Tensor [B, B]
         Squared volumes. With H_j the Gram of candidate j's vectors and c_ij its inner
         products with anchor i, det = det(H_j) - c_ij^T adj(H_j) c_ij (no B x B x k x k
-        tensor of matrices). A missing modality of candidate j is replaced by a unit vector
-        orthogonal to everything, so the volume is that of the modalities present.
+        tensor of matrices). A missing modality of candidate j contributes an identity row and
+        column to the Gram (a unit vector orthogonal to everything), which leaves the determinant
+        exactly that of the present modalities' Gram: the squared volume of the vectors present.
+        These are not comparable across candidates with different numbers of modalities (see
+        :func:`comparable_volumes`).
     """
     k1 = others.shape[1]
     eye = torch.eye(k1, dtype=others.dtype, device=others.device)
@@ -90,6 +93,41 @@ def anchored_gram_determinants(anchor: torch.Tensor, others: torch.Tensor, other
     cross = cross * others_present.unsqueeze(0).to(cross.dtype)
     quad = torch.einsum("ijm,jmn,ijn->ij", cross, adj_h, cross)
     return det_h.unsqueeze(0) - quad
+
+
+def comparable_volumes(volume: torch.Tensor, others_present: torch.Tensor) -> torch.Tensor:
+    """Put volumes over different numbers of modalities on the scale of the complete tuple.
+
+    The volume of n unit vectors is the product of n - 1 heights (the distance of each vector from the
+    span of the ones before it, each at most 1), so fewer modalities mean fewer factors below one: an
+    incomplete tuple gets a systematically larger volume (matched pairs with every cosine 0.8: 0.60
+    for [anchor, x^2] against 0.32 for [anchor, x^2, x^3], as large as a complete mismatched tuple).
+    Here each volume over c_j present non-anchor modalities is raised to the power (k - 1) / c_j: the
+    geometric mean of its heights, V^(1 / c_j), taken to the k - 1 heights a complete tuple has.
+    Complete candidates are unchanged. With all pairwise cosines equal to c the complete volume is
+    (1 - c)^((k-1)/2) (1 + (k-1) c)^(1/2) and the rescaled incomplete one (1 - c)^((k-1)/2)
+    (1 + c_j c)^((k-1) / (2 c_j)): for 0 <= c < 1 their ratio lies between 1 and 1.16 for k = 3,
+    1.41 for k = 4 and 2.31 for k = 6 (one modality of five present), against a raw ratio that grows
+    without bound as c -> 1.
+
+    Parameters
+    ----------
+    volume : Tensor [B, B]
+        Volumes, anchor i (rows) against candidate j (columns).
+    others_present : Tensor [B, k-1] of bool
+        Which non-anchor modalities candidate j has.
+
+    Returns
+    -------
+    Tensor [B, B]
+        ``volume[i, j] ** ((k - 1) / c_j)``; columns with c_j = 0 are left as they are.
+    """
+    n_others = others_present.shape[1]
+    counts = others_present.sum(dim=1)
+    if bool((counts == n_others).all()):
+        return volume
+    exponent = n_others / counts.clamp_min(1).to(volume.dtype)
+    return volume ** exponent.unsqueeze(0)
 
 
 @register_objective("gram")
@@ -121,24 +159,33 @@ class GRAMObjective(nn.Module):
         gradient each rank's embeddings receive is then ``world_size`` times that of the global loss, which DDP's
         averaging cancels (see :mod:`pmrl_sci.distributed`). Single-process results are unchanged.
 
+    comparable_incomplete : bool
+        With masks, rescale the volume of a candidate with c_j < k - 1 non-anchor modalities to the
+        complete tuple's scale, V ** ((k - 1) / c_j) (:func:`comparable_volumes`; default). False keeps
+        the raw volume, which favours incomplete candidates: an incomplete matched tuple then scores
+        like a complete mismatched one.
+
     Notes
     -----
-    Masks: a missing non-anchor modality of candidate j is left out of its volume (a unit
-    vector orthogonal to everything stands in). Instances without the anchor are neither
-    queries nor negatives; candidates with no non-anchor modality are left out.
+    Masks: the volume of candidate j is that of the anchor and the modalities j has (a missing
+    one is left out), made comparable across candidates as above. Instances without the anchor
+    are neither queries nor negatives; candidates with no non-anchor modality are left out.
+    Logged ``volume``: the mean (rescaled) volume of the matched tuples.
     """
 
     def __init__(self, anchor: str | None = None, temperature: float = 0.07, learnable_temperature: bool = True,
                  label_smoothing: float = 0.1, eps: float = 1e-6, contrastive: bool = True,
-                 gather: GatherFlag = "auto") -> None:
+                 gather: GatherFlag = "auto", comparable_incomplete: bool = True) -> None:
         super().__init__()
         self.anchor, self.gather = anchor, check_gather_flag(gather)
+        self.comparable_incomplete = comparable_incomplete
         self.temperature = LearnableTemperature(temperature, learnable_temperature)
         self.label_smoothing, self.eps, self.contrastive = label_smoothing, eps, contrastive
 
     def volumes(self, embeddings: Mapping[str, torch.Tensor], mask: MaskLike = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pairwise volumes ``[B, B]`` (anchor i x candidate j) and the valid-instance mask [B]."""
+        """Pairwise volumes ``[B, B]`` (anchor i x candidate j; rescaled as in :func:`comparable_volumes`
+        unless ``comparable_incomplete=False``) and the valid-instance mask [B]."""
         names, z, present = stack_modalities(embeddings, mask)
         anchor = self.anchor if self.anchor is not None else names[0]
         if anchor not in names:
@@ -149,6 +196,8 @@ class GRAMObjective(nn.Module):
             z = z.float() if z.dtype not in (torch.float32, torch.float64) else z
             det = anchored_gram_determinants(z[:, a], z[:, rest], present[:, rest])
             volume = torch.sqrt(det.clamp_min(0.0) + self.eps)
+            if self.comparable_incomplete:
+                volume = comparable_volumes(volume, present[:, rest])
         valid = present[:, a] & present[:, rest].any(dim=1)
         return volume, valid
 
