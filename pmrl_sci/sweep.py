@@ -160,8 +160,19 @@ def _stale_callback_kwargs(retry: int) -> dict[str, Any]:
     return {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=retry)}
 
 
+# Connections one worker keeps open to a database server: its main thread's and the running trial's heartbeat
+# thread's. One more may be opened for a moment (and closed when returned) rather than block a worker.
+POOL_SIZE = 2
+POOL_OVERFLOW = 1
+MAX_CONNECTIONS = POOL_SIZE + POOL_OVERFLOW
+
+
 def make_storage(cfg: SweepConfig) -> optuna.storages.BaseStorage:
-    """Open (creating if needed) the study storage of ``cfg``."""
+    """Open (creating if needed) the study storage of ``cfg``.
+
+    A database storage has one SQLAlchemy engine whose pool holds at most :data:`MAX_CONNECTIONS` server
+    connections; :func:`close_storage` (or :func:`open_storage`, which calls it) closes them.
+    """
     kind, location = describe_storage(cfg.storage, cfg.out)
     if kind == "journal":
         path = Path(location).expanduser()
@@ -172,7 +183,9 @@ def make_storage(cfg: SweepConfig) -> optuna.storages.BaseStorage:
     location = with_installed_driver(location)
     if location.startswith("sqlite:///"):
         Path(location[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine_kwargs = {"pool_pre_ping": True} if not location.startswith("sqlite") else {}
+    engine_kwargs: dict[str, Any] = {}
+    if not location.startswith("sqlite"):
+        engine_kwargs = {"pool_pre_ping": True, "pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
     try:
         with warnings.catch_warnings():  # heartbeats and the retry callback are marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -186,6 +199,40 @@ def make_storage(cfg: SweepConfig) -> optuna.storages.BaseStorage:
     except Exception as exc:  # SQLAlchemy's connection errors have many types
         raise SweepError(f"--storage {redact(location)}: cannot open the database ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def close_storage(storage: optuna.storages.BaseStorage) -> None:
+    """Close the database connections of a storage made by :func:`make_storage` (journal files: nothing to do).
+
+    Parameters
+    ----------
+    storage : optuna.storages.BaseStorage
+        The storage; a database storage opens new connections if it is used again.
+    """
+    if isinstance(storage, optuna.storages.RDBStorage):
+        storage.remove_session()  # this thread's session; the heartbeat threads' ended with their threads
+        storage.engine.dispose()  # the pooled connections
+
+
+@contextlib.contextmanager
+def open_storage(cfg: SweepConfig) -> Iterator[optuna.storages.BaseStorage]:
+    """:func:`make_storage` as a context: the storage's database connections are closed on leaving it.
+
+    Parameters
+    ----------
+    cfg : SweepConfig
+        The sweep whose storage (``cfg.storage``, default ``<out>/study.db``) to open.
+
+    Yields
+    ------
+    optuna.storages.BaseStorage
+        The open storage.
+    """
+    storage = make_storage(cfg)
+    try:
+        yield storage
+    finally:
+        close_storage(storage)
 
 
 def with_installed_driver(url: str) -> str:
@@ -538,7 +585,12 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any] | None:
     """
     space, base_argv, context, parser = prepare(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    storage = make_storage(cfg)
+    with open_storage(cfg) as storage:  # a database's connections are closed however the worker stops
+        return _run_study(cfg, storage, TrialRunner(cfg, space, base_argv, context, parser))
+
+
+def _run_study(cfg: SweepConfig, storage: optuna.storages.BaseStorage, runner: TrialRunner
+               ) -> dict[str, Any] | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(study_name=cfg.study_name, storage=storage, direction="maximize",
@@ -548,7 +600,6 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any] | None:
         raise SweepError(f"study {cfg.study_name!r} in {redact(describe_storage(cfg.storage, cfg.out)[1])} "
                          "minimises; a sweep maximises the validation score (use another --study-name)")
     study.set_user_attr("front_end", cfg.front_end)
-    runner = TrialRunner(cfg, space, base_argv, context, parser)
     progress_line = ProgressLine(cfg)
     failures = 0
     ran: list[FrozenTrial] = []  # the trial of each optimize() call below
