@@ -193,6 +193,30 @@ def test_sweep_in_process_best_json_resume_and_seed(tmp_path: Path, abide_cache:
     assert [t.params for t in _trials(other)] == [t.params for t in trials]
 
 
+def test_resuming_with_other_fixed_options_is_refused(tmp_path: Path, abide_cache: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweep"
+    common = ["abide", "--out", str(out), "--pruner", "none"]
+    one_epoch = [*_abide_args(abide_cache, epochs=1), "--embed-dim", "16"]
+    main([*common, "--n-trials", "1", "--", *one_epoch])
+    summary = (out / "best.json").read_text()
+    assert json.loads(summary)["fixed_options"]["options"]["--epochs"] == 1
+    three_epochs = [*_abide_args(abide_cache, epochs=3), "--embed-dim", "16"]
+    refused = subprocess.run([sys.executable, "-m", "pmrl_sci.sweep", *common, "--n-trials", "2", "--",
+                              *three_epochs], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2, refused.stderr
+    assert "--epochs: 1 in the study, 3 now" in refused.stderr and "Traceback" not in refused.stderr
+    assert "another --study-name or --out" in refused.stderr
+    with pytest.raises(SystemExit) as info:
+        main([*common, "--n-trials", "2", "--trial-seed", "1", "--", *one_epoch])
+    assert info.value.code == 2 and "--trial-seed: 0 in the study, 1 now" in capsys.readouterr().err
+    assert len(_trials(out)) == 1 and (out / "best.json").read_text() == summary  # nothing ran, nothing picked
+    at = one_epoch.index("--epochs")
+    same = [*one_epoch[:at], *one_epoch[at + 2:], "--epochs=1"]  # the same options, written otherwise
+    main([*common, "--n-trials", "2", "--", *same])
+    assert [t.state for t in _trials(out)] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
 def test_houston13_trial_reports_epochs_and_validation(tmp_path: Path) -> None:
     out = tmp_path / "h"
     best = main(["houston13", "--out", str(out), "--n-trials", "1", "--pruner", "none", "--", "--synthetic-rows",
