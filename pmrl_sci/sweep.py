@@ -10,7 +10,9 @@ Storage: a SQLite file ``<out>/study.db`` by default; ``--storage journal:///pat
 ``.log``) for several workers on one host; a database URL (``postgresql://user@host:port/db``) for workers on many
 hosts, with heartbeats so that a worker killed mid-trial has its trial marked FAIL (and re-queued) by the others.
 ``--n-trials`` is the study's total of finished (complete + pruned) trials over all workers: start the same command
-on several machines, or rerun it with a larger ``--n-trials`` to extend the study.
+on several machines, or rerun it with a larger ``--n-trials`` to extend the study. The study records its fixed
+options (:func:`fixed_options`); a worker with other ones is refused (:func:`check_fixed_options`). A worker holds
+at most :data:`MAX_CONNECTIONS` connections to a database server and closes them when it stops.
 """
 
 from __future__ import annotations
