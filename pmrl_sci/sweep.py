@@ -10,7 +10,9 @@ Storage: a SQLite file ``<out>/study.db`` by default; ``--storage journal:///pat
 ``.log``) for several workers on one host; a database URL (``postgresql://user@host:port/db``) for workers on many
 hosts, with heartbeats so that a worker killed mid-trial has its trial marked FAIL (and re-queued) by the others.
 ``--n-trials`` is the study's total of finished (complete + pruned) trials over all workers: start the same command
-on several machines, or rerun it with a larger ``--n-trials`` to extend the study.
+on several machines, or rerun it with a larger ``--n-trials`` to extend the study. The study records its fixed
+options (:func:`fixed_options`); a worker with other ones is refused (:func:`check_fixed_options`). A worker holds
+at most :data:`MAX_CONNECTIONS` connections to a database server and closes them when it stops.
 """
 
 from __future__ import annotations
@@ -161,8 +163,19 @@ def _stale_callback_kwargs(retry: int) -> dict[str, Any]:
     return {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=retry)}
 
 
+# Connections one worker keeps open to a database server: its main thread's and the running trial's heartbeat
+# thread's. One more may be opened for a moment (and closed when returned) rather than block a worker.
+POOL_SIZE = 2
+POOL_OVERFLOW = 1
+MAX_CONNECTIONS = POOL_SIZE + POOL_OVERFLOW
+
+
 def make_storage(cfg: SweepConfig) -> optuna.storages.BaseStorage:
-    """Open (creating if needed) the study storage of ``cfg``."""
+    """Open (creating if needed) the study storage of ``cfg``.
+
+    A database storage has one SQLAlchemy engine whose pool holds at most :data:`MAX_CONNECTIONS` server
+    connections; :func:`close_storage` (or :func:`open_storage`, which calls it) closes them.
+    """
     kind, location = describe_storage(cfg.storage, cfg.out)
     if kind == "journal":
         path = Path(location).expanduser()
@@ -173,7 +186,9 @@ def make_storage(cfg: SweepConfig) -> optuna.storages.BaseStorage:
     location = with_installed_driver(location)
     if location.startswith("sqlite:///"):
         Path(location[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine_kwargs = {"pool_pre_ping": True} if not location.startswith("sqlite") else {}
+    engine_kwargs: dict[str, Any] = {}
+    if not location.startswith("sqlite"):
+        engine_kwargs = {"pool_pre_ping": True, "pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
     try:
         with warnings.catch_warnings():  # heartbeats and the retry callback are marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -187,6 +202,40 @@ def make_storage(cfg: SweepConfig) -> optuna.storages.BaseStorage:
     except Exception as exc:  # SQLAlchemy's connection errors have many types
         raise SweepError(f"--storage {redact(location)}: cannot open the database ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def close_storage(storage: optuna.storages.BaseStorage) -> None:
+    """Close the database connections of a storage made by :func:`make_storage` (journal files: nothing to do).
+
+    Parameters
+    ----------
+    storage : optuna.storages.BaseStorage
+        The storage; a database storage opens new connections if it is used again.
+    """
+    if isinstance(storage, optuna.storages.RDBStorage):
+        storage.remove_session()  # this thread's session; the heartbeat threads' ended with their threads
+        storage.engine.dispose()  # the pooled connections
+
+
+@contextlib.contextmanager
+def open_storage(cfg: SweepConfig) -> Iterator[optuna.storages.BaseStorage]:
+    """:func:`make_storage` as a context: the storage's database connections are closed on leaving it.
+
+    Parameters
+    ----------
+    cfg : SweepConfig
+        The sweep whose storage (``cfg.storage``, default ``<out>/study.db``) to open.
+
+    Yields
+    ------
+    optuna.storages.BaseStorage
+        The open storage.
+    """
+    storage = make_storage(cfg)
+    try:
+        yield storage
+    finally:
+        close_storage(storage)
 
 
 def with_installed_driver(url: str) -> str:
@@ -501,6 +550,108 @@ def prepare(cfg: SweepConfig) -> tuple[SearchSpace, list[str], dict[str, Any], a
     return space, base_argv, context, parser
 
 
+def fixed_options(cfg: SweepConfig, space: SearchSpace, context: Mapping[str, Any]) -> dict[str, Any]:
+    """What every trial of the study shares, so that its trials are comparable; recorded in the study.
+
+    Parameters
+    ----------
+    cfg : SweepConfig
+        The sweep.
+    space : SearchSpace
+        Its search space (searched parameters are not fixed).
+    context : Mapping
+        The front end's option values from the space's ``fixed`` section and the arguments after ``--``
+        (``-c config.yaml`` included), as :func:`prepare` returns them.
+
+    Returns
+    -------
+    dict
+        ``{"front_end": name, "trial_seed": seed, "options": {"--option": value}}``: the options whose value
+        differs from the front end's default, except the searched ones, those the sweep sets per trial
+        (``--out``, the seed) and the progress switches; values as JSON stores them (paths as strings).
+    """
+    import json
+
+    def as_json(value: Any) -> Any:
+        return json.loads(json.dumps(value, default=str))
+
+    skipped = {*space.params, "out", cfg.spec.seed_option, *cfg.spec.quiet}
+    options = {}
+    for dest, action in parser_actions(cfg.spec.load().build_parser()).items():  # a parser with its own defaults
+        if dest in skipped or dest not in context:
+            continue
+        value = as_json(context[dest])
+        if value != as_json(action.default):
+            options[max(action.option_strings, key=len)] = value
+    return {"front_end": cfg.front_end, "trial_seed": cfg.trial_seed, "options": dict(sorted(options.items()))}
+
+
+def fixed_option_differences(recorded: Mapping[str, Any], fixed: Mapping[str, Any]) -> list[str]:
+    """How ``fixed`` (this worker's :func:`fixed_options`) differs from those ``recorded`` in the study.
+
+    Parameters
+    ----------
+    recorded, fixed : Mapping
+        Two results of :func:`fixed_options`.
+
+    Returns
+    -------
+    list of str
+        One line per differing option, ``"--epochs: 1 in the study, 3 now"``; empty when they agree.
+    """
+    def shown(values: Mapping[str, Any], key: str) -> str:
+        return json_text(values[key]) if key in values else "the front end's default"
+
+    lines = [f"{label}: {json_text(recorded.get(key))} in the study, {json_text(fixed.get(key))} now"
+             for key, label in (("front_end", "front end"), ("trial_seed", "--trial-seed"))
+             if recorded.get(key) != fixed.get(key)]
+    old, new = recorded.get("options") or {}, fixed.get("options") or {}
+    lines += [f"{name}: {shown(old, name)} in the study, {shown(new, name)} now"
+              for name in sorted(set(old) | set(new)) if old.get(name, ...) != new.get(name, ...)]
+    return lines
+
+
+def json_text(value: Any) -> str:
+    """``value`` as a command line shows it: lists space-separated, everything else as JSON would."""
+    import json
+
+    if isinstance(value, list):
+        return " ".join(json_text(v) for v in value)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def check_fixed_options(study: optuna.Study, fixed: Mapping[str, Any], cfg: SweepConfig) -> None:
+    """Record ``fixed`` in a study that has none; raise :class:`SweepError` if the study's differ.
+
+    Parameters
+    ----------
+    study : optuna.Study
+        The sweep's study.
+    fixed : Mapping
+        This worker's :func:`fixed_options`.
+    cfg : SweepConfig
+        The sweep (for the message).
+
+    Raises
+    ------
+    SweepError
+        When the study was run with other fixed options: its trials and this worker's would not be
+        comparable, and ``best.json`` would pick across them.
+    """
+    recorded = study.user_attrs.get("fixed_options")
+    if recorded is None:
+        study.set_user_attr("fixed_options", dict(fixed))
+        # a worker that started at the same moment with other options may have written in between
+        recorded = study.user_attrs.get("fixed_options")
+    differences = fixed_option_differences(recorded, fixed)
+    if differences:
+        where = redact(describe_storage(cfg.storage, cfg.out)[1])
+        raise SweepError(f"study {cfg.study_name!r} in {where} was run with other fixed options than this "
+                         "worker's, so their trials would not be comparable:\n  " + "\n  ".join(differences)
+                         + "\nresume it with the same options (after -- , in the space's 'fixed' section and "
+                           "--trial-seed), or start a new study with another --study-name or --out")
+
+
 def _dest_of(token: str, actions: Mapping[str, argparse.Action]) -> str | None:
     if not token.startswith("--"):
         return None
@@ -540,7 +691,13 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any] | None:
     """
     space, base_argv, context, parser = prepare(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    storage = make_storage(cfg)
+    fixed = fixed_options(cfg, space, context)
+    with open_storage(cfg) as storage:  # a database's connections are closed however the worker stops
+        return _run_study(cfg, storage, TrialRunner(cfg, space, base_argv, context, parser), fixed)
+
+
+def _run_study(cfg: SweepConfig, storage: optuna.storages.BaseStorage, runner: TrialRunner,
+               fixed: Mapping[str, Any]) -> dict[str, Any] | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(study_name=cfg.study_name, storage=storage, direction="maximize",
@@ -549,8 +706,8 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any] | None:
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise SweepError(f"study {cfg.study_name!r} in {redact(describe_storage(cfg.storage, cfg.out)[1])} "
                          "minimises; a sweep maximises the validation score (use another --study-name)")
+    check_fixed_options(study, fixed, cfg)
     study.set_user_attr("front_end", cfg.front_end)
-    runner = TrialRunner(cfg, space, base_argv, context, parser)
     progress_line = ProgressLine(cfg)
     failures = 0
     ran: list[FrozenTrial] = []  # the trial of each optimize() call below
@@ -570,6 +727,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any] | None:
                     fail_dead_local_trials(study)
                 time.sleep(cfg.poll)
                 continue
+            check_fixed_options(study, fixed, cfg)  # again: a worker may have started with others meanwhile
             ran.clear()
             study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True, callbacks=callbacks)
             if any(t.state == TrialState.FAIL and not t.user_attrs.get("surplus") for t in ran):
@@ -598,6 +756,7 @@ def best_summary(study: optuna.Study, cfg: SweepConfig) -> dict[str, Any]:
         "storage": redact(describe_storage(cfg.storage, cfg.out)[1]), "direction": "maximize",
         "n_trials": cfg.n_trials, "counts": {k: v for k, v in counts.items() if v},
         "space": str(cfg.space) if cfg.space else f"<default {cfg.front_end}>",
+        "fixed_options": study.user_attrs.get("fixed_options"),
     }
     try:
         best = study.best_trial

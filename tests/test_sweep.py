@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -15,12 +20,14 @@ import pytest
 import torch
 
 from pmrl_sci.sweep import (
+    MAX_CONNECTIONS,
     SweepConfig,
     SweepError,
     describe_storage,
     fail_dead_local_trials,
     main,
     make_storage,
+    open_storage,
     prepare,
     validation_value,
 )
@@ -46,9 +53,17 @@ def abide_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
-def _load(out: Path, storage: str | None = None, name: str = "abide") -> optuna.Study:
+@contextlib.contextmanager
+def _study(out: Path, storage: str | None = None, name: str = "abide") -> Iterator[optuna.Study]:
+    """The sweep's study; its storage's connections are closed afterwards."""
     cfg = SweepConfig(front_end="abide", out=out, storage=storage, study_name=name)
-    return optuna.load_study(study_name=name, storage=make_storage(cfg))
+    with open_storage(cfg) as opened:
+        yield optuna.load_study(study_name=name, storage=opened)
+
+
+def _trials(out: Path, storage: str | None = None, name: str = "abide") -> list[optuna.trial.FrozenTrial]:
+    with _study(out, storage, name) as study:
+        return study.get_trials()
 
 
 def _env() -> dict[str, str]:
@@ -149,8 +164,8 @@ def test_sweep_in_process_best_json_resume_and_seed(tmp_path: Path, abide_cache:
     args = ["abide", "--out", str(out), "--seed", "3", "--startup-trials", "2", "--pruner", "none",
             "--", *_abide_args(abide_cache), "--embed-dim", "16"]
     best = main(["--n-trials", "3", *args])
-    study = _load(out)
-    trials = study.get_trials()
+    with _study(out) as study:
+        trials, best_number, best_value = study.get_trials(), study.best_trial.number, study.best_value
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
     for t in trials:
         run_dir = Path(t.user_attrs["run_dir"])
@@ -165,17 +180,41 @@ def test_sweep_in_process_best_json_resume_and_seed(tmp_path: Path, abide_cache:
         assert len(t.intermediate_values) == 2  # one report per epoch
     saved = json.loads((out / "best.json").read_text())
     assert saved == json.loads(json.dumps(best))
-    assert saved["best_trial"] == study.best_trial.number and saved["validation"]["value"] == study.best_value
+    assert saved["best_trial"] == best_number and saved["validation"]["value"] == best_value
     best_results = json.loads((Path(saved["run_dir"]) / "results.json").read_text())
     assert saved["test"]["auc"] == best_results["auc"] and saved["counts"] == {"COMPLETE": 3}
 
     main(["--n-trials", "4", *args])  # resumes the same study up to 4 finished trials
-    again = _load(out).get_trials()
+    again = _trials(out)
     assert len(again) == 4 and [t.params for t in again[:3]] == [t.params for t in trials]
 
     other = tmp_path / "same-seed"
     main(["--n-trials", "3", *args[:2], str(other), *args[3:]])  # same seed, new study: same parameters
-    assert [t.params for t in _load(other).get_trials()] == [t.params for t in trials]
+    assert [t.params for t in _trials(other)] == [t.params for t in trials]
+
+
+def test_resuming_with_other_fixed_options_is_refused(tmp_path: Path, abide_cache: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweep"
+    common = ["abide", "--out", str(out), "--pruner", "none"]
+    one_epoch = [*_abide_args(abide_cache, epochs=1), "--embed-dim", "16"]
+    main([*common, "--n-trials", "1", "--", *one_epoch])
+    summary = (out / "best.json").read_text()
+    assert json.loads(summary)["fixed_options"]["options"]["--epochs"] == 1
+    three_epochs = [*_abide_args(abide_cache, epochs=3), "--embed-dim", "16"]
+    refused = subprocess.run([sys.executable, "-m", "pmrl_sci.sweep", *common, "--n-trials", "2", "--",
+                              *three_epochs], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2, refused.stderr
+    assert "--epochs: 1 in the study, 3 now" in refused.stderr and "Traceback" not in refused.stderr
+    assert "another --study-name or --out" in refused.stderr
+    with pytest.raises(SystemExit) as info:
+        main([*common, "--n-trials", "2", "--trial-seed", "1", "--", *one_epoch])
+    assert info.value.code == 2 and "--trial-seed: 0 in the study, 1 now" in capsys.readouterr().err
+    assert len(_trials(out)) == 1 and (out / "best.json").read_text() == summary  # nothing ran, nothing picked
+    at = one_epoch.index("--epochs")
+    same = [*one_epoch[:at], *one_epoch[at + 2:], "--epochs=1"]  # the same options, written otherwise
+    main([*common, "--n-trials", "2", "--", *same])
+    assert [t.state for t in _trials(out)] == [optuna.trial.TrialState.COMPLETE] * 2
 
 
 def test_houston13_trial_reports_epochs_and_validation(tmp_path: Path) -> None:
@@ -183,7 +222,7 @@ def test_houston13_trial_reports_epochs_and_validation(tmp_path: Path) -> None:
     best = main(["houston13", "--out", str(out), "--n-trials", "1", "--pruner", "none", "--", "--synthetic-rows",
                  "24", "--synthetic-cols", "48", "--patch-size", "5", "--batch-size", "32", "--threads", "1",
                  "--epochs", "2", "--head", "retrieval", "--embed-dim", "16"])
-    (trial,) = _load(out, name="houston13").get_trials()
+    (trial,) = _trials(out, name="houston13")
     results = json.loads((Path(trial.user_attrs["run_dir"]) / "results.json").read_text())
     assert results["validation"]["metric"] == "oa" and trial.value == pytest.approx(results["validation"]["mean"])
     assert len(trial.intermediate_values) == 2 and max(trial.intermediate_values.values()) == pytest.approx(trial.value)
@@ -195,7 +234,7 @@ def test_threshold_pruner_prunes_every_trial(tmp_path: Path, abide_cache: Path) 
     best = main(["abide", "--out", str(out), "--n-trials", "2", "--pruner", "threshold", "--prune-below", "1.5",
                  "--pruner-warmup", "0", "--report-metric", "val_accuracy", "--", *_abide_args(abide_cache),
                  "--embed-dim", "16"])
-    trials = _load(out).get_trials()
+    trials = _trials(out)
     assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2  # accuracy never reaches 1.5
     assert all(t.user_attrs["pruned_at"]["step"] == 0 and list(t.intermediate_values) == [0] for t in trials)
     assert all(not (Path(t.user_attrs["run_dir"]) / "results.json").exists() for t in trials)
@@ -209,7 +248,7 @@ def test_failing_trials_are_recorded_and_the_worker_goes_on(tmp_path: Path, abid
         main(["abide", "--out", str(out), "--n-trials", "3", "--max-failures", "2", "--",
               *_abide_args(abide_cache), "--data-dir", str(missing)])
     assert info.value.code == 1
-    trials = _load(out).get_trials()
+    trials = _trials(out)
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2  # went on after the first failure
     assert all(str(missing) in t.user_attrs["error"] and "does not exist" in t.user_attrs["error"] for t in trials)
     assert not (out / "best.json").exists()
@@ -230,8 +269,7 @@ def test_dead_local_worker_trials_fail_on_journal_storage(tmp_path: Path) -> Non
 
 
 # -- several workers -----------------------------------------------------------------------------------------------
-def _check_trials(study: optuna.Study, n_trials: int) -> list[optuna.trial.FrozenTrial]:
-    trials = study.get_trials()
+def _check_trials(trials: list[optuna.trial.FrozenTrial], n_trials: int) -> list[optuna.trial.FrozenTrial]:
     finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(finished) == n_trials
     run_dirs = [t.user_attrs["run_dir"] for t in trials]
@@ -248,46 +286,159 @@ def test_two_workers_on_a_journal_file_then_resume(tmp_path: Path, abide_cache: 
     args = ["abide", "--out", str(out), "--storage", f"journal://{journal}", "--n-trials", "3", "--pruner", "none",
             "--", *_abide_args(abide_cache, epochs=5), "--embed-dim", "16"]
     workers = [_worker(args, tmp_path / f"worker{i}.log") for i in range(2)]
-    codes = [w.wait(timeout=240) for w in workers]
+    codes = [w.wait(timeout=600) for w in workers]  # about 100 s on 2 cores loaded by other processes
     logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
     assert codes == [0, 0], logs
-    study = _load(out, f"journal://{journal}")
-    trials = _check_trials(study, 3)
+    trials = _check_trials(_trials(out, f"journal://{journal}"), 3)
     assert len(trials) == 3 or all(t.user_attrs.get("surplus") for t in trials[3:])
     assert all("finished" in log for log in logs)
     main([*args[:6], "4", *args[7:]])  # a rerun with a larger --n-trials resumes the same study
-    assert [t.number for t in _check_trials(_load(out, f"journal://{journal}"), 4)][:3] == [t.number for t in trials]
+    assert [t.number for t in _check_trials(_trials(out, f"journal://{journal}"), 4)][:3] == [t.number for t in trials]
     assert json.loads((out / "best.json").read_text())["counts"]["COMPLETE"] == 4
 
 
-def test_postgres_workers_and_a_killed_worker(tmp_path: Path, abide_cache: Path, postgres_url: str) -> None:
-    out = tmp_path / "sweep"
-    plain = postgres_url.replace("postgresql+psycopg2://", "postgresql://")  # as users type it; the driver is found
-    args = ["abide", "--out", str(out), "--storage", plain, "--study-name", "pg", "--n-trials", "3",
-            "--pruner", "none", "--heartbeat", "1", "--grace", "3", "--poll", "0.5",
-            "--", *_abide_args(abide_cache, epochs=20), "--embed-dim", "16"]
-    victim = _worker(args, tmp_path / "victim.log")
-    survivor = _worker(args, tmp_path / "survivor.log")
-    study = None
-    deadline = time.monotonic() + 180
-    killed = None
-    while killed is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+# -- PostgreSQL storage --------------------------------------------------------------------------------------------
+class _Database:
+    """A database of its own on the test server: ``url`` connects as its owner ``role``; ``admin`` as superuser."""
+
+    def __init__(self, url: str, role: str, admin: object) -> None:
+        self.url, self.role, self.admin = url, role, admin
+
+    def connections(self) -> int:
+        """Server connections of the role (the sweep's) now open."""
+        with self.admin.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (self.role,))
+            return int(cursor.fetchone()[0])
+
+
+@contextlib.contextmanager
+def _scratch_database(server_url: str, connection_limit: int = -1) -> Iterator[_Database]:
+    """A new database owned by a new role that the server lets open ``connection_limit`` connections (-1: any)."""
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    server = make_url(server_url)
+    name = f"sweep_{uuid.uuid4().hex[:12]}"
+    dsn = f"host={server.host} port={server.port} user={server.username}"
+    with contextlib.closing(psycopg2.connect(f"{dsn} dbname={server.database}")) as setup:
+        setup.autocommit = True
+        with setup.cursor() as cursor:
+            cursor.execute(f"CREATE ROLE {name} LOGIN CONNECTION LIMIT {int(connection_limit)}")
+            cursor.execute(f"CREATE DATABASE {name} OWNER {name}")
         try:
-            study = study or _load(out, postgres_url, name="pg")
-        except KeyError:  # the study does not exist yet
-            continue
-        for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-            if t.user_attrs.get("worker", {}).get("pid") == victim.pid and "argv" in t.user_attrs:
-                victim.send_signal(signal.SIGKILL)
-                killed = t.number
-                break
-        assert victim.poll() is None or killed is not None, (tmp_path / "victim.log").read_text()
-    victim.wait(timeout=30)
-    assert killed is not None, "the victim worker never ran a trial"
-    code = survivor.wait(timeout=240)
-    assert code == 0, (tmp_path / "survivor.log").read_text()
-    trials = _check_trials(_load(out, postgres_url, name="pg"), 3)
+            with contextlib.closing(psycopg2.connect(f"{dsn} dbname={name}")) as admin:
+                admin.autocommit = True
+                url = server.set(username=name, database=name).render_as_string(hide_password=False)
+                yield _Database(url, name, admin)
+        finally:
+            with setup.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                cursor.execute(f"DROP ROLE IF EXISTS {name}")
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Check ``condition`` every 0.1 s until it holds; fail after ``timeout`` seconds saying ``what`` did not happen."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_postgres_sweep_holds_a_bounded_number_of_connections(tmp_path: Path, abide_cache: Path,
+                                                               postgres_url: str) -> None:
+    """A worker needs at most MAX_CONNECTIONS server connections however many trials (and heartbeat threads) it
+    runs, and closes them when it stops: the sweep's role may open no more, and with the garbage collector off
+    nothing but the sweep itself closes them. Run twice in one process (a resume), as a notebook or test would."""
+    out = tmp_path / "sweep"
+    with _scratch_database(postgres_url, connection_limit=MAX_CONNECTIONS) as db:
+        args = ["abide", "--out", str(out), "--storage", db.url, "--pruner", "none", "--heartbeat", "1",
+                "--", *_abide_args(abide_cache), "--embed-dim", "16"]
+        gc.disable()
+        try:
+            for n_trials in (4, 8):
+                main(["--n-trials", str(n_trials), *args])
+                # the sockets are closed when main() returns; the server's backends end a moment later
+                _wait_until(lambda: db.connections() == 0, 60, f"the connections to close after {n_trials} trials")
+        finally:
+            gc.enable()
+        trials = _trials(out, db.url)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 8
+
+
+_NOTIFY_TRIAL_ATTRIBUTES = """
+CREATE FUNCTION notify_trial_attribute() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('trial_attribute', NEW.trial_id || ' ' || NEW.key);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER notify_trial_attribute AFTER INSERT OR UPDATE ON trial_user_attributes
+    FOR EACH ROW EXECUTE FUNCTION notify_trial_attribute();
+LISTEN trial_attribute;
+"""
+
+
+def _next_notification(connection: object, deadline: float, worker: subprocess.Popen, log: Path) -> str:
+    """The next notification's payload on ``connection``, waited for until ``deadline`` while ``worker`` lives."""
+    while not connection.notifies:
+        assert worker.poll() is None, f"the worker stopped (exit code {worker.returncode}):\n{log.read_text()}"
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no notification from the worker in time:\n{log.read_text()}"
+        select.select([connection], [], [], min(remaining, 1.0))
+        connection.poll()
+    return connection.notifies.pop(0).payload
+
+
+def test_postgres_workers_and_a_killed_worker(tmp_path: Path, abide_cache: Path, postgres_url: str) -> None:
+    """A worker killed mid-trial: the next worker fails its trial through the missing heartbeat and re-runs it.
+
+    No polling and no timing assumptions: a trigger on optuna's trial attributes notifies the test when the
+    first worker's trial has started; the test stops that worker, checks that the trial is still running (else
+    lets it go on to its next trial), kills it, and only then starts the second worker.
+    """
+    out = tmp_path / "sweep"
+    with _scratch_database(postgres_url) as db:
+        plain = db.url.replace("postgresql+psycopg2://", "postgresql://")  # as users type it; the driver is found
+        args = ["abide", "--out", str(out), "--storage", plain, "--study-name", "pg", "--n-trials", "3",
+                "--pruner", "none", "--heartbeat", "1", "--grace", "3", "--poll", "0.5",
+                "--", *_abide_args(abide_cache, epochs=20), "--embed-dim", "16"]
+        with open_storage(SweepConfig(front_end="abide", out=out, storage=db.url, study_name="pg")):
+            pass  # creates optuna's tables, to put the trigger on
+        with db.admin.cursor() as cursor:
+            cursor.execute(_NOTIFY_TRIAL_ATTRIBUTES)
+        victim_log = tmp_path / "victim.log"
+        victim = _worker(args, victim_log)
+        killed = None
+        try:
+            deadline = time.monotonic() + 300
+            while killed is None:
+                trial_id, key = _next_notification(db.admin, deadline, victim, victim_log).split()
+                if key != "argv":  # recorded when the trial's options are known, just before the front end runs
+                    continue
+                victim.send_signal(signal.SIGSTOP)
+                _, status = os.waitpid(victim.pid, os.WUNTRACED)  # returns once it is stopped
+                assert os.WIFSTOPPED(status), victim_log.read_text()
+                with db.admin.cursor() as cursor:
+                    cursor.execute("SELECT number, state FROM trials WHERE trial_id = %s", (int(trial_id),))
+                    number, state = cursor.fetchone()
+                if state == "RUNNING":
+                    victim.send_signal(signal.SIGKILL)
+                    killed = number
+                else:  # it finished that trial before it stopped: let it start the next one
+                    victim.send_signal(signal.SIGCONT)
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+            victim.wait(timeout=60)
+        survivor_log = tmp_path / "survivor.log"
+        survivor = _worker(args, survivor_log)
+        try:
+            code = survivor.wait(timeout=600)
+        finally:
+            if survivor.poll() is None:
+                survivor.kill()
+                survivor.wait(timeout=60)
+        assert code == 0, survivor_log.read_text()
+        trials = _check_trials(_trials(out, db.url, name="pg"), 3)
     by_number = {t.number: t for t in trials}
     assert by_number[killed].state == optuna.trial.TrialState.FAIL  # failed through the missing heartbeat
     assert "error" not in by_number[killed].user_attrs  # not an exception: the worker died
