@@ -148,3 +148,28 @@ def test_tensorboard_needs_its_package(tmp_path, cache_dir, capsys):
     with pytest.raises(SystemExit) as info:
         _run(tmp_path, cache_dir, "--modalities", "smri", "text", "--tensorboard")
     assert info.value.code == 2 and "needs the 'tensorboard' package" in capsys.readouterr().err
+
+
+def test_killed_run_resumes_inside_the_unit(tmp_path, cache_dir):
+    from pmrl_sci.training import epoch_callback
+
+    class Killed(Exception):
+        pass
+
+    def kill(unit, epoch, metrics):
+        if epoch == 1:  # epoch 1 is logged, its checkpoint not yet written
+            raise Killed
+
+    args = [*TINY, "--cache-dir", str(cache_dir), "--modalities", "fmri", "smri", "text", "--epochs", "3"]
+    whole = main([*args, "--out", str(tmp_path / "whole")])
+    out = tmp_path / "killed"
+    with epoch_callback(kill), pytest.raises(Killed):
+        main([*args, "--out", str(out)])
+    assert (out / "checkpoints" / "seed0.resume.pt").is_file() and not (out / "done").exists()
+    resumed = main([*args, "--out", str(out)])
+    assert resumed["units"] == whole["units"]  # same best epoch and test metrics
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    reference = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert [r["train_loss"] for r in records] == [r["train_loss"] for r in reference]
+    assert not (out / "checkpoints" / "seed0.resume.pt").exists()  # removed once the unit is done
