@@ -186,3 +186,23 @@ def test_read_jsonl_warns_on_a_damaged_middle_line(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_jsonl(path) == [{"a": 1}]  # a truncated last line is expected after a kill
+
+
+def test_a_unit_killed_after_early_stopping_does_not_train_again(tmp_path):
+    scores = [0.5, 0.7, 0.6, 0.6, 0.9, 0.95]
+    reference = train_unit(TinyRegression(scores, mode="max"), _settings(patience=2), unit="u", seed=0,
+                           run=RunFolder(tmp_path / "ref"), device=CPU)
+
+    class KilledDuringTest(TinyRegression):
+        def test(self, selection):
+            raise Killed
+
+    run = RunFolder(tmp_path / "killed")
+    with pytest.raises(Killed):
+        train_unit(KilledDuringTest(scores, mode="max"), _settings(patience=2), unit="u", seed=0, run=run,
+                   device=CPU)
+    resumed = train_unit(TinyRegression(scores, mode="max"), _settings(patience=2), unit="u", seed=0, run=run,
+                         device=CPU)
+    assert resumed.resumed_from == 3 and resumed.epochs_run == reference.epochs_run == 4
+    assert resumed.best.epoch == 1 and resumed.best.test == reference.best.test
+    assert [r["epoch"] for r in run.read_metrics()] == [0, 1, 2, 3]
