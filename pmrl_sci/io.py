@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,18 +68,26 @@ def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a JSON Lines file, skipping a truncated last line left by a crash."""
+    """Read a JSON Lines file, skipping a truncated last line left by a crash.
+
+    A malformed line that is not the last one is skipped with a :class:`UserWarning` naming the file and line
+    (a kill truncates only the last line, so an earlier bad line means the file was damaged or edited).
+    """
     path = Path(path)
     if not path.exists():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = path.read_text(encoding="utf-8").splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for number, line in enumerate(lines):
         line = line.strip()
         if not line:
             continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
+            if number != last:
+                warnings.warn(f"{path}: line {number + 1} is not valid JSON; skipped", UserWarning, stacklevel=2)
             continue
     return records
 

@@ -8,6 +8,7 @@ is there. Only rank 0 writes when running under ``torch.distributed``.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -81,8 +82,6 @@ class RunFolder:
 
     def read_json(self, name: str) -> Any:
         """Read ``<name>`` or return None when absent."""
-        import json
-
         path = self.path / name
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
@@ -95,6 +94,49 @@ class RunFolder:
     def mark_done(self, unit: str, payload: Mapping[str, Any]) -> None:
         """Record a finished unit of work (a fold, a seed) with its results."""
         self.write_json(f"done/{unit}.json", payload)
+
+    def drop_unit_metrics(self, unit: str, from_epoch: int = 0) -> int:
+        """Remove ``unit``'s records of epochs >= ``from_epoch`` from ``metrics.jsonl`` (before a unit restarts).
+
+        A truncated last line (left by a kill) is dropped too. Returns the number of lines removed.
+        """
+        path = self.path / "metrics.jsonl"
+        if not self.write or not path.is_file():
+            return 0
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = []
+        for number, line in enumerate(lines):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                if number == len(lines) - 1:
+                    continue  # truncated by a kill
+                kept.append(line)
+                continue
+            if isinstance(record, dict) and record.get("unit") == unit and int(record.get("epoch", 0)) >= from_epoch:
+                continue
+            if line.strip():
+                kept.append(line)
+        removed = len(lines) - len(kept)
+        if removed:
+            atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+        return removed
+
+    def remove_orphan_temporaries(self) -> list[Path]:
+        """Delete temporary files of interrupted atomic writes (``.<name>.*.tmp``) anywhere in the folder."""
+        removed: list[Path] = []
+        if not self.write or not self.path.is_dir():
+            return removed
+        for tmp in self.path.rglob(".*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        return removed
+
+    def remove_checkpoint(self, name: str) -> None:
+        """Delete ``checkpoints/<name>`` if present."""
+        if self.write:
+            (self.path / "checkpoints" / name).unlink(missing_ok=True)
 
     def is_done(self, unit: str) -> bool:
         """Whether :meth:`mark_done` recorded ``unit``."""

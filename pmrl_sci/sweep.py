@@ -80,7 +80,7 @@ class FrontEnd:
 
 
 FRONT_ENDS: dict[str, FrontEnd] = {
-    "abide": FrontEnd("abide", "pmrl_sci.abide", "val_auc", "seed_offset", {"progress": False},
+    "abide": FrontEnd("abide", "pmrl_sci.abide", "val_auc", "seed", {"progress": False},
                       ("auc", "accuracy", "sensitivity", "specificity")),
     "houston13": FrontEnd("houston13", "pmrl_sci.houston13", "val_oa", "seed", {"progress": False},
                           ("oa", "aa", "kappa")),

@@ -199,7 +199,7 @@ def experiment_parser(description: str, default_out: str) -> Any:
     parser.add_argument("--out", default=default_out,
                         help=f"experiment folder, a sub-folder per method; reuse it to resume (default {default_out})")
     parser.add_argument("--seeds", type=int, default=None, help="trials per method (default 5; 2 with --quick)")
-    parser.add_argument("--seed-offset", type=int, default=0, help="first seed (the same for every method)")
+    parser.add_argument("--seed", type=int, default=0, help="first seed (the same for every method)")
     parser.add_argument("--methods", nargs="+", default=None, metavar="NAME",
                         help="run only these methods (sub-folder names; see --list)")
     parser.add_argument("--list", action="store_true", help="print the methods and their options, then exit")
@@ -214,7 +214,7 @@ def shared_front_end_args(args: Any, forward: Sequence[str]) -> list[str]:
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else 5)
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    return [*(QUICK_ARGS if args.quick else ()), "--seeds", str(seeds), "--seed-offset", str(args.seed_offset),
+    return [*(QUICK_ARGS if args.quick else ()), "--seeds", str(seeds), "--seed", str(args.seed),
             *forward]
 
 

@@ -1,0 +1,192 @@
+"""Options every front end shares, their checks, the alignment-objective builder and the ``main`` wrapper.
+
+A front end describes a run with one config dataclass and builds its parser from these groups, passing that
+dataclass's instance as the defaults (so ABIDE keeps ``tau2=0.4`` and Houston ``0.1``). A group adds only the
+options whose destination is a field of the dataclass; the names and meanings are the same everywhere:
+
+* :func:`add_run_options`: ``--seed`` (first seed), ``--seeds``, ``--out``, ``--device``, ``--no-progress``,
+  ``--tensorboard`` (``-c/--config`` is added by :func:`pmrl_sci.config.parse_dataclass_config`);
+* :func:`add_training_options`: ``--epochs``, ``--patience`` (0: no early stopping), ``--batch-size``,
+  ``--lr``, ``--weight-decay``, ``--warmup-ratio``, ``--grad-clip``;
+* :func:`add_objective_options`: ``--objective``, ``--tau1``, ``--tau2``, ``--lambda1``, ``--no-instance-term``,
+  ``--no-sign-aware``, ``--rank``, ``--temperature``, ``--anchor``, ``--gram-volume-only``, ``--align-weight``,
+  ``--classification-weight``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from torch import nn
+
+from pmrl_sci.errors import InputError
+
+T = TypeVar("T")
+OBJECTIVE_NAMES = ("pmrl", "gram", "vast", "none")
+
+
+def _adder(group: Any, defaults: Any, helps: Mapping[str, str] | None) -> Callable[..., None]:
+    def add(*flags: str, dest: str, **kwargs: Any) -> None:
+        if not hasattr(defaults, dest):
+            return
+        kwargs.setdefault("default", getattr(defaults, dest))
+        if helps and dest in helps:
+            kwargs["help"] = helps[dest]
+        group.add_argument(*flags, dest=dest, **kwargs)
+
+    return add
+
+
+def add_run_options(parser: argparse.ArgumentParser, defaults: Any, prefix: str = "runs/<task>",
+                    helps: Mapping[str, str] | None = None) -> None:
+    """``--seed --seeds --out --device --no-progress --tensorboard`` (those that are fields of ``defaults``).
+
+    ``defaults`` is an instance of the task's config dataclass; ``helps`` replaces the help of some options
+    (by destination name).
+    """
+    add = _adder(parser.add_argument_group("run"), defaults, helps)
+    add("--seed", dest="seed", type=int, help="first seed (trials use seed, seed + 1, ...)")
+    add("--seeds", dest="seeds", type=int, help="number of trials (seeds), reported as mean and std")
+    add("--out", dest="out", help=f"run folder (default {prefix}-<time>); reuse it to resume (same options only)")
+    add("--device", dest="device", help="auto, cpu, cuda, cuda:1, ...")
+    add("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add("--tensorboard", dest="tensorboard", action="store_true",
+        help="also write TensorBoard event files under <out>/tensorboard (needs the tensorboard package)")
+
+
+def add_training_options(parser: argparse.ArgumentParser, defaults: Any,
+                         helps: Mapping[str, str] | None = None) -> argparse._ArgumentGroup:
+    """``--epochs --patience --batch-size --lr --weight-decay --warmup-ratio --grad-clip``; returns the group."""
+    group = parser.add_argument_group("training")
+    add = _adder(group, defaults, helps)
+    add("--epochs", dest="epochs", type=int, help="maximum epochs per unit (numbered from 0)")
+    add("--patience", dest="patience", type=int,
+        help="early stopping: stop after this many validated epochs without improvement; 0: off")
+    add("--batch-size", dest="batch_size", type=int, help="(global) batch size")
+    add("--lr", dest="lr", type=float, help="learning rate")
+    add("--weight-decay", dest="weight_decay", type=float, help="weight decay")
+    add("--warmup-ratio", dest="warmup_ratio", type=float, help="fraction of steps with a linear warm-up")
+    add("--grad-clip", dest="grad_clip", type=float, help="clip the gradient norm to this value; 0: off")
+    return group
+
+
+def add_objective_options(parser: argparse.ArgumentParser, defaults: Any,
+                          objectives: Sequence[str] = OBJECTIVE_NAMES,
+                          helps: Mapping[str, str] | None = None) -> None:
+    """The alignment objective and its hyper-parameters, plus ``--align-weight`` and ``--classification-weight``."""
+    add = _adder(parser.add_argument_group("objective"), defaults, helps)
+    add("--objective", dest="objective", choices=list(objectives), help="alignment objective")
+    add("--tau1", dest="tau1", type=float, help="PMRL: temperature over singular values")
+    add("--tau2", dest="tau2", type=float, help="PMRL: temperature of the instance-wise term")
+    add("--lambda1", dest="lambda1", type=float, help="PMRL: weight of the instance-wise term")
+    add("--no-instance-term", dest="instance_term", action="store_false",
+        help="PMRL without the instance-wise term (ablation 'w/o reg')")
+    add("--rank", dest="rank", type=int, help="PMRL: leading singular values maximised (<= modalities)")
+    add("--no-sign-aware", dest="sign_aware", action="store_false",
+        help="PMRL: the paper's sign-blind L_M (sigma_1 is the same when a modality is negated); by default the "
+             "leading value is the energy along the mean embedding, which only full, same-sign alignment maximises")
+    add("--temperature", dest="temperature", type=float, help="GRAM/VAST: initial temperature")
+    add("--anchor", dest="anchor", help="GRAM/VAST anchor modality")
+    add("--gram-volume-only", dest="gram_contrastive", action="store_false",
+        help="GRAM without its contrastive part: minimise the mean volume alone ('w/o reg')")
+    add("--align-weight", dest="align_weight", type=float, help="weight of the alignment objective")
+    add("--classification-weight", dest="classification_weight", type=float,
+        help="weight of the cross-entropy (0 for the 'w/o classification' ablation)")
+
+
+def check_finite(values: Mapping[str, Any]) -> None:
+    """Raise :class:`InputError` naming the option when a number is NaN or infinite."""
+    for name, value in values.items():
+        if value is not None and not math.isfinite(float(value)):
+            raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+
+
+def check_run_options(cfg: Any) -> None:
+    """Checks of the shared options present on ``cfg`` (epochs, patience, seeds, finite hyper-parameters)."""
+    if getattr(cfg, "epochs", None) is not None and int(cfg.epochs) < 1:
+        raise InputError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if getattr(cfg, "patience", 0) < 0:
+        raise InputError(f"--patience must be >= 0 (0: no early stopping), got {cfg.patience}")
+    if getattr(cfg, "seeds", 1) < 1:
+        raise InputError(f"--seeds must be >= 1, got {cfg.seeds}")
+    if getattr(cfg, "batch_size", 1) < 1:
+        raise InputError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    names = ("lr", "weight_decay", "warmup_ratio", "grad_clip", "tau1", "tau2", "lambda1", "temperature",
+             "align_weight", "classification_weight")
+    check_finite({n: getattr(cfg, n) for n in names if hasattr(cfg, n)})
+    for name in ("lr", "tau1", "tau2", "temperature"):
+        if hasattr(cfg, name) and getattr(cfg, name) <= 0:
+            raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+    if getattr(cfg, "tensorboard", False):
+        from pmrl_sci.engine.loop import require_tensorboard
+
+        require_tensorboard()
+
+
+def check_objective_options(cfg: Any, n_modalities: int) -> None:
+    """PMRL's ``--rank`` must lie in [1, number of modalities]; ``--objective`` must be known."""
+    objective = getattr(cfg, "objective", "none")
+    if objective not in OBJECTIVE_NAMES:
+        raise InputError(f"--objective must be one of {list(OBJECTIVE_NAMES)}, got {objective!r}")
+    rank = getattr(cfg, "rank", 1)
+    if objective == "pmrl" and n_modalities >= 2 and not 1 <= rank <= n_modalities:
+        raise InputError(f"--rank must be between 1 and the number of modalities ({n_modalities}), got {rank}")
+
+
+def build_alignment_objective(cfg: Any, modalities: Sequence[str], anchor: str | None = None,
+                              **extra: Any) -> nn.Module | None:
+    """The alignment objective named by ``cfg.objective`` with the shared hyper-parameters, or None.
+
+    Parameters
+    ----------
+    cfg : object
+        Has ``objective`` and the hyper-parameters it uses (``tau1``, ``tau2``, ``lambda1``, ``sign_aware``,
+        optionally ``instance_term``, ``rank``; ``temperature``, optionally ``anchor``, ``gram_contrastive``).
+    modalities : sequence of str
+        The modalities aligned; fewer than two (or ``objective == "none"``) gives None.
+    anchor : str, optional
+        GRAM/VAST anchor when ``cfg.anchor`` is unset (default: the last modality).
+    **extra
+        Further GRAM/VAST hyper-parameters (e.g. ``label_smoothing``).
+    """
+    from pmrl_sci.objectives import build_objective
+
+    name = cfg.objective
+    if name == "none" or len(modalities) < 2:
+        return None
+    if name == "pmrl":
+        return build_objective("pmrl", tau1=cfg.tau1, tau2=cfg.tau2, lambda1=cfg.lambda1,
+                               instance_term=getattr(cfg, "instance_term", True), rank=getattr(cfg, "rank", 1),
+                               sign_aware=cfg.sign_aware)
+    chosen = getattr(cfg, "anchor", None) or anchor or modalities[-1]
+    if name == "gram":
+        return build_objective("gram", anchor=chosen, temperature=cfg.temperature,
+                               contrastive=getattr(cfg, "gram_contrastive", True), **extra)
+    if name == "vast":
+        return build_objective("vast", anchor=chosen, temperature=cfg.temperature, **extra)
+    raise InputError(f"--objective must be one of {list(OBJECTIVE_NAMES)}, got {name!r}")
+
+
+def front_end(main: Callable[..., T]) -> Callable[..., T]:
+    """Wrap a front end's ``main``: bad input ends with ``error: <message>`` on stderr and exit code 2.
+
+    :class:`~pmrl_sci.errors.InputError`, ``FileNotFoundError`` and ``ValueError`` raised by ``main`` (reading
+    data, checking options) become that message, with no traceback; other exceptions propagate.
+    """
+
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> T:
+        try:
+            return main(*args, **kwargs)
+        except (InputError, FileNotFoundError, ValueError) as exc:
+            message = str(exc) if not isinstance(exc, FileNotFoundError) or not exc.filename \
+                else f"{exc.filename}: {exc.strerror or exc}"
+            print(f"error: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapped
