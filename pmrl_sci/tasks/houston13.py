@@ -63,9 +63,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [  # the model helpers are re-exported for the benchmarks and callers of the former single module
     "HEADS", "HOUSTON13_MODALITIES", "OBJECTIVES", "ClassEmbedding", "Houston13Config", "Houston13Task",
-    "LabelInputs", "build_alignment", "build_models", "class_embeddings", "fused_embedding", "predict_from_fused",
-    "predict_pixels", "predict_scene", "prepare_scene", "run_houston13", "text_label_table",
-    "train_houston13_unit", "train_settings",
+    "LabelInputs", "SceneInputs", "build_alignment", "build_models", "class_embeddings", "draw_figures",
+    "fused_embedding", "predict_from_fused", "predict_pixels", "predict_scene", "prepare_scene", "run_houston13",
+    "summarize_seeds", "text_label_table", "train_houston13_unit", "train_settings",
 ]
 
 HOUSTON13_MODALITIES = ("hsi", "lidar", "label")
@@ -285,6 +285,28 @@ def train_houston13_unit(cfg: Houston13Config, inputs: SceneInputs, seed: int, r
     Under torchrun the model and the MLP head train through DDP on each rank's share of every global batch of
     ``--batch-size`` patches; the cross-entropy is a share of the global-batch mean and the alignment objectives
     gather embeddings across ranks, so gradients equal one process's on the same global batch.
+
+    Parameters
+    ----------
+    cfg : Houston13Config
+        Run options.
+    inputs : SceneInputs
+        The standardised scene and the label-modality inputs.
+    seed : int
+        The seed (unit ``seed<seed>``): initialisation, validation split, batch order.
+    run : RunFolder
+        Where records, checkpoints (``seed<seed>-<head>.pt``, the resume state) go.
+    device : torch.device
+        This rank's device.
+    dist_info : DistInfo, optional
+        Under torchrun.
+
+    Returns
+    -------
+    dict
+        ``unit``, ``seed``, per head ``best_epoch`` and ``best_val`` (validation OA), ``epochs_run``,
+        ``resumed_from``, ``unit_seconds`` (training and testing time of this call) and ``heads``: per head the
+        test OA, AA, kappa, per-class accuracy and confusion matrix.
     """
     distributed = dist_info is not None and dist_info.distributed
     unit = f"seed{seed}"
@@ -380,7 +402,24 @@ def _run_houston13(cfg: Houston13Config, dist_info: DistInfo) -> dict[str, Any]:
 
 def summarize_seeds(cfg: Houston13Config, seed_results: list[dict[str, Any]], scene: Houston13Scene,
                     source: str) -> dict[str, Any]:
-    """The run's results: per head mean/std over seeds, summed confusion, the primary head's metrics on top."""
+    """The run's results: per head mean/std over seeds, summed confusion, the primary head's metrics on top.
+
+    Parameters
+    ----------
+    cfg : Houston13Config
+        Run options (heads, objective).
+    seed_results : list of dict
+        :func:`train_houston13_unit` results, fresh or read back from ``done/``.
+    scene : Houston13Scene
+        The scene (class names, pixel counts).
+    source : str
+        ``"houston13"`` or ``"synthetic"``.
+
+    Returns
+    -------
+    dict
+        What ``results.json`` holds (without the distributed and timing fields).
+    """
     heads: dict[str, Any] = {}
     for name in cfg.heads:
         per_seed = [r["heads"][name] for r in seed_results]
@@ -406,7 +445,16 @@ def summarize_seeds(cfg: Houston13Config, seed_results: list[dict[str, Any]], sc
 
 def draw_figures(cfg: Houston13Config, run: RunFolder, inputs: SceneInputs, first: dict[str, Any],
                  results: dict[str, Any], source: str, device: torch.device) -> float:
-    """The summed confusion matrix and the first seed's classification map (primary head); the map's seconds."""
+    """Draw the summed confusion matrix and the first seed's classification map (primary head).
+
+    The map's model is read back from that seed's selected checkpoint, so it is drawn the same way whether the
+    seed was trained now or reused from an earlier run.
+
+    Returns
+    -------
+    float
+        Seconds spent classifying the whole scene.
+    """
     from pmrl_sci.engine.loop import selection_checkpoint_name
     from pmrl_sci.reports.maps import plot_classification_map, plot_confusion
     from pmrl_sci.training import progress
