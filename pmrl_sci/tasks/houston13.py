@@ -368,7 +368,8 @@ def _run_houston13(cfg: Houston13Config, dist_info: DistInfo) -> dict[str, Any]:
     run_dir = str(cfg.out or default_run_dir("houston13"))
     run = RunFolder(gather_objects(run_dir)[0] if dist_info.distributed else run_dir)  # rank 0's folder
     config: dict[str, Any] = dataclasses.asdict(cfg) | {"out": str(run.path), "device_resolved": str(device)}
-    open_run(run, config)  # before the synthetic scene is (re)written into the folder
+    # before the synthetic scene is (re)written into the folder; the strip height does not change the map
+    open_run(run, config, ignore=("map_tile_rows",))
     with main_process_first():
         scene, source = prepare_scene(cfg, run.path, write=dist_info.is_main)
     config["dataset"] = {"source": source, "shape": list(scene.shape), "bands": int(scene.hsi.shape[0]),
