@@ -4,7 +4,8 @@ Hyperspectral + LiDAR + class label, three modalities aligned with PMRL (or GRAM
 (nearest class embedding to the averaged HSI and LiDAR embeddings, as in the paper) and by a supervised MLP head.
 Without ``--data-dir`` a synthetic scene in the real release's formats is generated and used (a few minutes on
 2 CPU cores). Writes a run folder with the resolved config, ``metrics.jsonl``, ``results.json``, the confusion
-matrix and the classification map.
+matrix and the classification map. Rerunning with the same ``--out`` and the same options resumes: finished
+seeds are not run again and an interrupted one continues from its last finished epoch; other options are refused.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from pmrl_sci.tasks.houston13 import Houston13Config, run_houston13
-
-_DEFAULTS = Houston13Config()
+from pmrl_sci.config import parse_dataclass_config
+from pmrl_sci.options import add_objective_options, add_run_options, add_training_options, front_end
+from pmrl_sci.runs import default_run_dir, is_rank_zero
+from pmrl_sci.tasks.houston13 import HEADS, HOUSTON13_MODALITIES, OBJECTIVES, Houston13Config, run_houston13
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line options (every field of :class:`Houston13Config`)."""
-    d = _DEFAULTS
+    """The command-line options (every field of :class:`Houston13Config`; ``--help`` explains each)."""
+    d = Houston13Config()
     p = argparse.ArgumentParser(prog="python -m pmrl_sci.houston13", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = p.add_argument_group("data")
@@ -36,22 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--val-fraction", type=float, default=d.val_fraction,
                       help="stratified fraction of the TRAINING pixels held out for model selection / early stopping")
 
-    model = p.add_argument_group("model and objective")
-    model.add_argument("--objective", choices=("pmrl", "gram", "vast"), default=d.objective,
-                       help="alignment objective over {hsi, lidar, label}; the label is GRAM's and VAST's anchor")
-    model.add_argument("--tau1", type=float, default=d.tau1, help="PMRL: temperature of the singular-value softmax")
-    model.add_argument("--tau2", type=float, default=d.tau2, help="PMRL: temperature of the instance-wise term")
-    model.add_argument("--lambda1", type=float, default=d.lambda1, help="PMRL: weight of the instance-wise term")
-    model.add_argument("--no-sign-aware", dest="sign_aware", action="store_false",
-                       help="PMRL: use the paper's sign-blind L_M (sigma_1 is the same when a modality is negated); "
-                            "by default the leading value is the energy along the mean embedding, which only "
-                            "full, same-sign alignment maximises")
-    model.add_argument("--temperature", type=float, default=d.temperature,
-                       help="GRAM/VAST: initial (learnable) temperature")
-    model.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
-                       help="GRAM/VAST: label smoothing of the contrastive cross-entropy")
+    model = p.add_argument_group("model")
     model.add_argument("--embed-dim", type=int, default=d.embed_dim, help="embedding dimension of every modality")
-    model.add_argument("--head", choices=("retrieval", "mlp", "both"), default=d.head,
+    model.add_argument("--head", choices=(*HEADS, "both"), default=d.head,
                        help="retrieval: nearest class embedding (the paper's); mlp: supervised classifier on the "
                             "fused embedding trained with cross-entropy beside the alignment loss; both: report "
                             "both (top-level metrics are the retrieval head's)")
@@ -62,48 +51,47 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--text-template", default=d.text_template,
                        help="format string applied to each class name before the text model, e.g. 'an aerial "
                             "image of {}'")
-    model.add_argument("--ce-weight", type=float, default=d.ce_weight, help="weight of the MLP head's cross-entropy")
+    model.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
+                       help="GRAM/VAST: label smoothing of the contrastive cross-entropy")
 
-    train = p.add_argument_group("training")
-    train.add_argument("--seeds", type=int, default=d.seeds, help="number of seeds (results: mean and std over them)")
-    train.add_argument("--seed", type=int, default=d.seed, help="first seed")
-    train.add_argument("--epochs", type=int, default=d.epochs, help="maximum training epochs")
-    train.add_argument("--patience", type=int, default=d.patience,
-                       help="early stopping: epochs without validation improvement (every head) before stopping")
-    train.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size")
+    add_objective_options(p, d, objectives=OBJECTIVES, helps={
+        "objective": "alignment objective over {hsi, lidar, label}",
+        "anchor": f"GRAM/VAST anchor modality, one of {list(HOUSTON13_MODALITIES)}; unset: label",
+        "classification_weight": "weight of the MLP head's cross-entropy (0 for the 'w/o classification' ablation)"})
+
+    train = add_training_options(p, d, helps={
+        "patience": "early stopping: stop after this many epochs without validation improvement of every head; "
+                    "0: off",
+        "lr": "AdamW learning rate (betas 0.9, 0.98; linear warm-up, then cosine decay)",
+        "weight_decay": "AdamW (decoupled) weight decay"})
     train.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="evaluation batch size")
-    train.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (linear warm-up, cosine decay)")
-    train.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    train.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help="fraction of steps of warm-up")
-    train.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient-norm clip (0: off)")
-    train.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     train.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--map-tile-rows", type=int, default=d.map_tile_rows,
                        help="rows per strip when classifying the whole scene for the map")
-    train.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
-    p.add_argument("--out", default=d.out, help="run folder (default runs/houston13-<date-time>)")
+    add_run_options(p, d, prefix="runs/houston13")
     return p
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Houston13Config:
     """Parse the command line (and ``-c config.yaml``) into a :class:`Houston13Config`."""
-    from pmrl_sci.config import parse_dataclass_config
-
     return parse_dataclass_config(build_parser(), Houston13Config, argv)
 
 
+@front_end
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the Houston 2013 pipeline and return the results (as written to ``results.json``).
+
+    Bad input (options, data files) ends with ``error: <message>`` and exit code 2.
 
     Parameters
     ----------
     argv : sequence of str, optional
         Command-line arguments (default ``sys.argv[1:]``).
     """
-    from pmrl_sci.runs import is_rank_zero
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = parse_config(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if cfg.out is None:
+        cfg.out = str(default_run_dir("houston13"))
     results = run_houston13(cfg)
     if not is_rank_zero():  # under torchrun only rank 0 prints the summary
         return results
