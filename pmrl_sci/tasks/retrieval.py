@@ -40,6 +40,7 @@ from pmrl_sci.runs import RunFolder, summarize
 from pmrl_sci.tasks.retrieval_data import RetrievalData, load_retrieval_data
 from pmrl_sci.tasks.retrieval_eval import (
     average_recall,
+    check_zero_shot_labels,
     mean_recall,
     pairwise_recall,
     validation_scores,
@@ -374,6 +375,8 @@ def _run_retrieval(cfg: RetrievalConfig, dist_info: DistInfo) -> dict[str, Any]:
     check_objective_options(cfg, len(data.modalities))
     anchor = resolve_anchor(cfg, data.modalities)
     label_file = zero_shot_label_file(cfg, loaded)
+    if label_file:
+        check_zero_shot_labels(label_file, data)  # before training, not after it
     out = str(cfg.out or default_run_dir("retrieval"))
     run = RunFolder(gather_objects(out)[0] if dist_info.distributed else out)  # rank 0's folder
     resolved = dataclasses.asdict(cfg) | {"out": str(run.path), "resolved_manifest": str(loaded.manifest_path),

@@ -105,6 +105,20 @@ def read_label_file(path: str | Path) -> tuple[list[str], list[str]]:
     return names, prompts
 
 
+def check_zero_shot_labels(label_file: str, data: LoadedData) -> None:
+    """Refuse a zero-shot label file before training: unreadable, empty or repeating labels, or no text modality.
+
+    Raises
+    ------
+    InputError
+        Naming ``--zero-shot-labels`` and what is wrong.
+    """
+    read_label_file(label_file)
+    if not any(data.kinds[m] == "text" for m in data.modalities):
+        raise InputError(f"--zero-shot-labels {label_file} needs a text modality among --modalities "
+                         f"(got {data.modalities})")
+
+
 @torch.no_grad()
 def zero_shot(model: nn.Module, data: LoadedData, rows: np.ndarray, embeddings: dict[str, torch.Tensor],
               label_file: str, text_model: str | None, device: torch.device) -> dict[str, Any]:
