@@ -66,9 +66,10 @@ def main(argv: list[str] | None = None) -> dict:
         train, val, test = bnt_split(cohort.labels, cohort.sites, seed=0)
         parts = {"train": train, "val": val, "test": test}
         epoch_s = {}
-        for objective in [args.objectives[0], *args.objectives]:  # the first run warms up (allocator, threads)
+        for i, objective in enumerate([args.objectives[0], *args.objectives]):  # the first run warms up
+            # a folder per run: a unit trained again in the same folder would resume from its checkpoint
             config = AbideConfig(objective=objective, epochs=1, batch_size=args.batch_size, progress=False,
-                                 fmri_channels=args.fmri_channels, out=str(work / f"run_{objective}"))
+                                 fmri_channels=args.fmri_channels, out=str(work / f"run{i}_{objective}"))
             config = dataclasses.replace(config, modalities=["fmri", "smri", "text"])
             run = RunFolder(config.out)
             start = time.perf_counter()

@@ -106,3 +106,70 @@ def test_same_seed_same_run_on_cpu(tmp_path, cache_dir):
     losses = [[record["train_loss"] for record in run] for run in runs]
     assert losses[0] == losses[1]
     assert [r["val_auc"] for r in runs[0]] == [r["val_auc"] for r in runs[1]]
+
+
+def test_rerun_with_other_options_is_refused(tmp_path, cache_dir, capsys):
+    out, first = _run(tmp_path, cache_dir, "--modalities", "fmri", "smri", "text", "--epochs", "1", "--seed", "3")
+    assert [u["unit"] for u in first["units"]] == ["seed3"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        _run(tmp_path, cache_dir, "--objective", "vast", "--modalities", "fmri", "smri", "--epochs", "3", "--seed", "3")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert "--objective 'pmrl' (recorded) vs 'vast' (now)" in err and "--epochs 1 (recorded) vs 3 (now)" in err
+    assert json.loads((out / "results.json").read_text())["objective"] == "pmrl"  # not relabelled
+    _, again = _run(tmp_path, cache_dir, "--modalities", "fmri", "smri", "text", "--epochs", "1", "--seed", "3",
+                    "--device", "cpu")  # result-neutral options may change
+    assert again["auc"] == first["auc"]
+
+
+@pytest.mark.parametrize("bad, expected", [
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--lambda1", "nan"], "--lambda1 must be a finite number"),
+    (["--rank", "4"], "--rank must be between 1 and the number of modalities (3)"),
+    (["--patience", "-1"], "--patience must be >= 0"),
+])
+def test_bad_options_are_refused_before_anything_is_written(tmp_path, cache_dir, capsys, bad, expected):
+    with pytest.raises(SystemExit) as info:
+        _run(tmp_path, cache_dir, *bad)
+    assert info.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "run" / "done").exists()
+
+
+def test_tensorboard_needs_its_package(tmp_path, cache_dir, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        out, _ = _run(tmp_path, cache_dir, "--modalities", "smri", "text", "--tensorboard")
+        assert any((out / "tensorboard" / "seed0").iterdir())
+        return
+    with pytest.raises(SystemExit) as info:
+        _run(tmp_path, cache_dir, "--modalities", "smri", "text", "--tensorboard")
+    assert info.value.code == 2 and "needs the 'tensorboard' package" in capsys.readouterr().err
+
+
+def test_killed_run_resumes_inside_the_unit(tmp_path, cache_dir):
+    from pmrl_sci.training import epoch_callback
+
+    class Killed(Exception):
+        pass
+
+    def kill(unit, epoch, metrics):
+        if epoch == 1:  # epoch 1 is logged, its checkpoint not yet written
+            raise Killed
+
+    args = [*TINY, "--cache-dir", str(cache_dir), "--modalities", "fmri", "smri", "text", "--epochs", "3"]
+    whole = main([*args, "--out", str(tmp_path / "whole")])
+    out = tmp_path / "killed"
+    with epoch_callback(kill), pytest.raises(Killed):
+        main([*args, "--out", str(out)])
+    assert (out / "checkpoints" / "seed0.resume.pt").is_file() and not (out / "done").exists()
+    resumed = main([*args, "--out", str(out)])
+    assert resumed["units"] == whole["units"]  # same best epoch and test metrics
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    reference = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert [r["train_loss"] for r in records] == [r["train_loss"] for r in reference]
+    assert not (out / "checkpoints" / "seed0.resume.pt").exists()  # removed once the unit is done

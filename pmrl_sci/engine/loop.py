@@ -116,12 +116,10 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
 
     writer = _tensorboard_writer(run, unit) if settings.tensorboard and run.write else None
     epoch = start - 1
-    bar = progress(range(start, settings.epochs), desc=f"train {unit}", disable=not settings.progress or stopped,
-                   leave=False)
+    epochs = range(start, settings.epochs) if not stopped else range(0)  # a resumed unit may have stopped early
+    bar = progress(epochs, desc=f"train {unit}", disable=not settings.progress, leave=False)
     try:
         for epoch in bar:
-            if stopped:
-                break
             for module in forward.values():
                 module.train()
             sizes: list[int] | None = None
@@ -187,6 +185,8 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
                     "modules": {n: m.state_dict() for n, m in modules.items()},
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "stoppers": {n: stopper_state(s) for n, s in stoppers.items()}, "best": best, "rng": rng})
+            if stopped:
+                break
     finally:
         if writer is not None:
             writer.close()

@@ -72,12 +72,14 @@ def open_run(run: RunFolder, resolved: Mapping[str, Any], ignore: Iterable[str] 
         When the folder already holds results made with other result-defining options: reusing them would
         report them under this run's options.
     """
+    from pmrl_sci.distributed import gather_objects
+
     recorded = run.read_json("config.json")
-    if recorded is not None and has_results(run):
-        diff = differing_options(recorded, resolved, ignore)
-        if diff:
-            raise InputError(f"--out {run.path} holds results of a run with other options: {'; '.join(diff)}. "
-                             "Use another --out, or rerun with the recorded options to resume it")
+    diff = differing_options(recorded, resolved, ignore) if recorded is not None and has_results(run) else []
+    diff = gather_objects(diff)[0]  # rank 0's verdict on every rank; every rank has read before rank 0 writes
+    if diff:
+        raise InputError(f"--out {run.path} holds results of a run with other options: {'; '.join(diff)}. "
+                         "Use another --out, or rerun with the recorded options to resume it")
     run.remove_orphan_temporaries()
     run.write_config(resolved)
 
@@ -114,6 +116,7 @@ def run_units(run: RunFolder, units: Sequence[tuple[str, Callable[[], dict[str, 
         result = finished_result(run, name)
         if result is not None:
             logger.info("%s already finished in %s: reusing it", name, run.path)
+            run.remove_checkpoint(resume_checkpoint_name(name))  # left if a kill came right after mark_done
         else:
             result = run_one()
             if result is None or result.get("best_epoch") is None:
