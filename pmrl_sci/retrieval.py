@@ -3,8 +3,11 @@
 Trains encoders for the chosen modalities with PMRL (or GRAM / VAST), plus the instance-matching term
 (weight ``--lambda2``, 0.1 as in the paper's retrieval setting), and evaluates R@1, R@5, R@10 and the
 median rank for every ordered pair of modalities (``results.json`` ``"recall"`` keyed by
-``"query->gallery"``, and a heat-map PNG) on the test rows, once, with the epoch of best validation mean R@1
-(``--val-fraction`` of the training rows are held out). Under ``torchrun --nproc-per-node N -m pmrl_sci.retrieval``
+``"query->gallery"``, averaged over ``--seeds``, per seed under ``"units"``, and a heat-map PNG) on the test
+rows, once per seed, with the epoch of best validation mean R@1 (``--val-fraction`` of the training rows are
+held out). Epochs are numbered from 0. Rerunning with the same ``--out`` and options resumes: finished seeds
+are reused and an interrupted one continues after its last finished epoch; other options are refused.
+Under ``torchrun --nproc-per-node N -m pmrl_sci.retrieval``
 it trains with DistributedDataParallel (``--batch-size`` is the global batch; rank 0 writes). ``--few-shot N``
 trains on N examples per class (N instances when rows have no label); ``--zero-shot-labels FILE`` classifies
 each non-text modality by retrieval against the label texts. Without ``--manifest`` the embedded synthetic
@@ -19,14 +22,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from pmrl_sci.config import parse_dataclass_config
+from pmrl_sci.options import add_objective_options, add_run_options, add_training_options, front_end
+from pmrl_sci.runs import default_run_dir, is_rank_zero
 from pmrl_sci.tasks.retrieval import RetrievalConfig, run_retrieval
-
-_DEFAULTS = RetrievalConfig()
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options (the fields of :class:`RetrievalConfig`)."""
-    d = _DEFAULTS
+    d = RetrievalConfig()
     p = argparse.ArgumentParser(prog="python -m pmrl_sci.retrieval", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = p.add_argument_group("data")
@@ -57,19 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "and test rows uses its val rows instead")
 
     model = p.add_argument_group("model and objective")
-    model.add_argument("--objective", choices=("pmrl", "gram", "vast"), default=d.objective, help="alignment loss")
-    model.add_argument("--anchor", default=d.anchor,
-                       help="anchor modality of GRAM / VAST and of instance matching (default text, else the first)")
-    model.add_argument("--tau1", type=float, default=d.tau1, help="PMRL: singular-value softmax temperature")
-    model.add_argument("--tau2", type=float, default=d.tau2, help="PMRL: instance-wise term temperature")
-    model.add_argument("--lambda1", type=float, default=d.lambda1, help="PMRL: weight of the instance-wise term")
-    model.add_argument("--no-sign-aware", dest="sign_aware", action="store_false",
-                       help="PMRL: use the paper's sign-blind L_M (sigma_1 is the same when a modality is negated); "
-                            "by default the leading value is the energy along the mean embedding, which only "
-                            "full, same-sign alignment maximises")
     model.add_argument("--lambda2", type=float, default=d.lambda2,
                        help="weight of the instance-matching loss (0 turns it off)")
-    model.add_argument("--temperature", type=float, default=d.temperature, help="GRAM / VAST: initial temperature")
     model.add_argument("--embed-dim", type=int, default=d.embed_dim, help="shared embedding dimension")
     model.add_argument("--width", type=int, default=d.width, help="channels of the first CNN block")
     model.add_argument("--num-blocks", type=int, default=d.num_blocks, help="CNN blocks")
@@ -88,36 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
                       help="text file of class names ('name' or 'name<TAB>prompt' per line): report top-1 "
                            "accuracy of classifying each non-text modality by retrieval against them")
 
-    train = p.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
-    train.add_argument("--batch-size", type=int, default=d.batch_size,
-                       help="training batch size (the global batch under torchrun: each rank takes its share)")
+    add_objective_options(p, d, objectives=("pmrl", "gram", "vast"), helps={
+        "anchor": "anchor modality of GRAM / VAST and of instance matching (default text, else the first)",
+        "tau1": "PMRL: singular-value softmax temperature", "tau2": "PMRL: instance-wise term temperature"})
+    train = add_training_options(p, d, helps={
+        "epochs": "training epochs (numbered from 0)",
+        "batch_size": "training batch size (the global batch under torchrun: each rank takes its share)",
+        "lr": "AdamW learning rate (warm-up then cosine decay; the paper's 2e-5 is for pre-trained encoders, these "
+              "are trained from scratch)",
+        "weight_decay": "AdamW weight decay",
+        "patience": "early stopping: validations in a row without improvement of the mean R@1 (0: off)"})
     train.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="evaluation batch size")
-    train.add_argument("--lr", type=float, default=d.lr,
-                       help="AdamW learning rate (warm-up then cosine decay; the paper's 2e-5 is for pre-trained "
-                            "encoders, these are trained from scratch)")
-    train.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    train.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio, help="fraction of warm-up steps")
-    train.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient-norm clip (0: off)")
     train.add_argument("--eval-every", type=int, default=d.eval_every,
                        help="evaluate validation retrieval every N epochs (0: only after the last epoch); the "
                             "best epoch by validation mean R@1 is kept and tested once, at the end")
-    train.add_argument("--patience", type=int, default=d.patience,
-                       help="early stopping: validations without improvement of the mean R@1 (0: off)")
-    train.add_argument("--seed", type=int, default=d.seed, help="training seed")
-    train.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     train.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
-    p.add_argument("--out", default=d.out, help="run folder (default runs/retrieval-<date-time>)")
+    add_run_options(p, d, prefix="runs/retrieval", helps={
+        "seed": "first seed (seeds seed, seed + 1, ...: training, the random split and the few-shot draw)",
+        "seeds": "number of seeds, reported as mean and std"})
     return p
 
 
-def parse_config(argv: Sequence[str] | None = None) -> RetrievalConfig:
-    """Parse the command line (and ``-c config.yaml``) into a :class:`RetrievalConfig`."""
-    from pmrl_sci.config import parse_dataclass_config
-
-    return parse_dataclass_config(build_parser(), RetrievalConfig, argv)
-
-
+@front_end
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run any-modality retrieval and return the results (as written to ``results.json``).
 
@@ -125,38 +110,40 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ----------
     argv : sequence of str, optional
         Command-line arguments (default ``sys.argv[1:]``).
-    """
-    from pmrl_sci.runs import is_rank_zero
 
+    Bad input (options, manifest, data files, label file) ends with ``error: <message>`` and exit code 2.
+    """
+    config = parse_dataclass_config(build_parser(), RetrievalConfig, argv)
     logging.basicConfig(level=logging.INFO if is_rank_zero() else logging.WARNING, format="%(message)s")
-    cfg = parse_config(argv)
-    results = run_retrieval(cfg)
-    if is_rank_zero():  # under torchrun the other ranks return a short record and stay quiet
-        print_summary(cfg, results)
+    if config.out is None:
+        config.out = str(default_run_dir("retrieval"))
+    results = run_retrieval(config)
+    if is_rank_zero():  # under torchrun the other ranks stay quiet
+        print_summary(config, results)
     return results
 
 
 def print_summary(cfg: RetrievalConfig, results: dict[str, Any]) -> None:
-    """Print the test recall (per pair), the validation score and the zero-shot accuracy of a finished run.
+    """Print the test recall (per pair, mean over seeds), the validation score and the zero-shot accuracy.
 
     Parameters
     ----------
     cfg : RetrievalConfig
         The run's configuration.
     results : dict
-        What :func:`pmrl_sci.tasks.retrieval.run_retrieval` returned on rank 0.
+        What :func:`pmrl_sci.tasks.retrieval.run_retrieval` returned.
     """
+    r1, r10 = results["mean_R@1"], results["mean_R@10"]
     print(f"retrieval on {results['dataset']} ({cfg.objective}; {results['n_train']} train / {results['n_val']} "
-          f"validation / {results['n_test']} test): mean R@1 {results['mean_R@1']:.3f}, "
-          f"mean R@10 {results['mean_R@10']:.3f}")
-    validation = results["validation"]
-    print(f"  validation mean R@1 {validation['mean']:.3f} at epoch {validation['best_epoch']} "
-          f"(the model tested)")
+          f"validation / {results['n_test']} test; {r1['n']} seed(s)): mean R@1 {r1['mean']:.3f} ± {r1['std']:.3f}, "
+          f"mean R@10 {r10['mean']:.3f} ± {r10['std']:.3f}")
+    epochs = ", ".join(str(u["best_epoch"]) for u in results["units"])
+    print(f"  validation mean R@1 {results['validation']['mean']:.3f} at epoch(s) {epochs} (the models tested)")
     for pair, metrics in results["recall"].items():
         print(f"  {pair:>20}: R@1 {metrics['R@1']:.3f}  R@5 {metrics['R@5']:.3f}  R@10 {metrics['R@10']:.3f}  "
               f"median rank {metrics['median_rank']:.0f}")
     if "zero_shot" in results:
-        accuracy = ", ".join(f"{m} {a:.3f}" for m, a in results["zero_shot"]["accuracy"].items())
+        accuracy = ", ".join(f"{m} {a['mean']:.3f}" for m, a in results["zero_shot"]["accuracy"].items())
         print(f"  zero-shot top-1 (chance {results['zero_shot']['chance']:.3f}): {accuracy}")
     print(f"run folder: {results['run_dir']}")
 

@@ -3,17 +3,28 @@
 Strata are the joint ``diagnosis x site`` key; a stratum too small for the splitter falls back
 to its site, and a site that is still too small joins one pooled ``rare`` stratum (which, if
 still too small, joins the largest stratum). Every split is deterministic for a seed.
+
+Manifest rows (retrieval) are split by :func:`split_rows`: the manifest's ``split`` column or a seeded
+random train / test split, then a validation part of the training rows (:func:`validation_split`,
+stratified by class when every row has a label); :func:`few_shot_indices` draws few-shot training rows.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
 from pmrl_sci.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pmrl_sci.data.manifest import LoadedData
+
+logger = logging.getLogger(__name__)
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -185,3 +196,103 @@ def stratified_site_folds(labels: Sequence[int] | np.ndarray, sites: Sequence[st
                                                                       n_fit, n_val)))
         folds.append((np.sort(train_idx[fit_pos]), np.sort(train_idx[val_pos]), np.sort(test_idx)))
     return folds
+
+
+# -- manifest rows (retrieval): train / validation / test and few-shot draws ----------------------------------
+def split_indices(data: LoadedData, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test rows: the manifest's ``split`` column (``test``, else ``val``), else a seeded random split."""
+    splits = np.array([s or "" for s in data.splits])
+    train = np.flatnonzero(splits == "train")
+    for name in ("test", "val"):
+        test = np.flatnonzero(splits == name)
+        if test.size and train.size:
+            return train, test
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(data))
+    n_test = max(1, int(round(test_fraction * len(data))))
+    if len(data) - n_test < 1:
+        raise InputError(f"{len(data)} rows are too few to split into train and test")
+    logger.info("no usable split column: random %d train / %d test rows", len(data) - n_test, n_test)
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def validation_split(train: np.ndarray, labels: Sequence[str | None], fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Carve a validation part out of the training rows; returns sorted ``(fit, val)`` row indices.
+
+    Parameters
+    ----------
+    train : numpy.ndarray
+        Training row indices (into ``labels``).
+    labels : sequence of str or None
+        Class name per row of the whole data set (``None`` where unlabelled).
+    fraction : float
+        Share of ``train`` held out (``round(fraction * len(train))``, at least one row when positive).
+    seed : int
+        Seed of the draw.
+
+    Notes
+    -----
+    When every training row has a label the split is stratified: the validation rows are shared among the classes
+    in proportion to their sizes (largest remainders, ties broken at random) and every class keeps at least one
+    fitting row, so a class with a single row stays out of validation. Otherwise the rows are drawn at random.
+    """
+    train = np.sort(np.asarray(train, dtype=int))
+    if fraction <= 0 or train.size < 2:
+        return train, train[:0]
+    rng = np.random.default_rng(seed)
+    n_val = min(train.size - 1, max(1, int(round(fraction * train.size))))
+    train_labels = [labels[i] for i in train]
+    if any(label is None for label in train_labels):
+        order = rng.permutation(train)
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    groups: dict[str, list[int]] = {}
+    for row, label in zip(train.tolist(), train_labels, strict=True):
+        groups.setdefault(str(label), []).append(row)
+    names = sorted(groups)
+    counts = np.array([len(groups[name]) for name in names])
+    caps = counts - 1  # every class keeps a fitting row
+    n_val = min(n_val, int(caps.sum()))
+    exact = n_val * counts / counts.sum()
+    quota = np.minimum(np.floor(exact).astype(int), caps)
+    remainder = exact - quota
+    tiebreak = rng.random(len(names))
+    while quota.sum() < n_val:
+        open_ = np.flatnonzero(quota < caps)
+        best = open_[np.lexsort((tiebreak[open_], -remainder[open_]))[0]]
+        quota[best] += 1
+        remainder[best] -= 1.0
+    val = [row for name, q in zip(names, quota.tolist(), strict=True) if q
+           for row in rng.choice(groups[name], size=q, replace=False).tolist()]
+    val_rows = np.sort(np.asarray(val, dtype=int))
+    return np.setdiff1d(train, val_rows), val_rows
+
+
+def split_rows(data: LoadedData, test_fraction: float, val_fraction: float, seed: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fitting, validation and test rows.
+
+    Test rows as :func:`split_indices`. Validation: the manifest's ``val`` rows when it has ``train``, ``val`` and
+    ``test`` rows, else a part of the training rows (:func:`validation_split`, stratified by class when every
+    training row has a label; empty when ``val_fraction`` is 0).
+    """
+    train, test = split_indices(data, test_fraction, seed)
+    splits = np.array([s or "" for s in data.splits])
+    manifest_val = np.flatnonzero(splits == "val")
+    if manifest_val.size and (splits == "test").any() and (splits == "train").any():
+        return train, manifest_val, test
+    fit, val = validation_split(train, data.labels, val_fraction, seed)
+    return fit, val, test
+
+
+def few_shot_indices(train: np.ndarray, labels: Sequence[str | None], n: int, seed: int) -> tuple[np.ndarray, str]:
+    """``n`` rows per class when every training row has a label, else ``n`` rows; returns (rows, mode)."""
+    rng = np.random.default_rng(seed)
+    train_labels = [labels[i] for i in train]
+    if all(label is not None for label in train_labels):
+        chosen = []
+        for label in sorted(set(train_labels)):  # type: ignore[type-var]
+            rows = train[[i for i, lab in enumerate(train_labels) if lab == label]]
+            chosen.extend(rng.choice(rows, size=min(n, rows.size), replace=False).tolist())
+        return np.sort(np.asarray(chosen, dtype=int)), "per_class"
+    return np.sort(rng.choice(train, size=min(n, train.size), replace=False)), "instances"

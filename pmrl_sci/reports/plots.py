@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -48,3 +49,42 @@ def plot_singular_values(run: RunFolder, records: Sequence[Mapping[str, Any]], k
         axis.text(0.5, 0.5, "fewer than two modalities: no singular values", ha="center", va="center")
     axis.set(xlabel="epoch", ylabel="mean singular value")
     run.save_figure(figure, name)
+
+
+def plot_recall_heatmap(run: RunFolder, recall: Mapping[str, Mapping[str, float]], modalities: Sequence[str],
+                        metric: str = "R@1", name: str = "recall_heatmap") -> Path:
+    """A query x gallery heat-map of retrieval ``metric`` (pairs ``"query->gallery"``; diagonal blank), as PNG.
+
+    Parameters
+    ----------
+    run : RunFolder
+        Where ``<name>.png`` goes (written on rank 0 only).
+    recall : mapping
+        :func:`pmrl_sci.tasks.retrieval_eval.pairwise_recall` (or its mean over seeds).
+    modalities : sequence of str
+        Row and column order.
+    metric : str
+        Which recall value to show.
+    name : str
+        File name without ``.png``.
+    """
+    k = len(modalities)
+    matrix = np.full((k, k), np.nan)
+    for i, q in enumerate(modalities):
+        for j, g in enumerate(modalities):
+            if i != j:
+                matrix[i, j] = recall[f"{q}->{g}"][metric]
+    figure, axis = plt.subplots(figsize=(1.1 * k + 2, 1.0 * k + 1.5))
+    image = axis.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+    axis.set_xticks(range(k), modalities, rotation=45, ha="right")
+    axis.set_yticks(range(k), modalities)
+    axis.set_xlabel("gallery")
+    axis.set_ylabel("query")
+    for i in range(k):
+        for j in range(k):
+            if i != j:
+                axis.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center",
+                          color="white" if matrix[i, j] < 0.5 else "black", fontsize=8)
+    axis.set_title(f"retrieval {metric}")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    return run.save_figure(figure, name)
