@@ -4,7 +4,7 @@ PMRL runs twice: with the paper's L_M (``--no-sign-aware``, the row compared wit
 the kit's sign-aware L_M (the front end's default); each row's label says which.
 
 Runs ``python -m pmrl_sci.abide`` once per method, each in ``<out>/<method>``, with the same
-``--seeds`` and ``--seed-offset`` (so the same BrainNetTF 70/10/20 splits), then writes
+``--seeds`` and ``--seed`` (so the same BrainNetTF 70/10/20 splits), then writes
 ``<out>/table.md`` and ``<out>/table.csv`` (AUC, accuracy, sensitivity, specificity: mean ± std
 over trials; the paper's AUC/ACC alongside) and the spectral analysis figures of the
 multimodal methods in ``<out>/figures``. Rerunning with the same ``--out`` resumes.

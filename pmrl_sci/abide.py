@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from pmrl_sci.config import parse_dataclass_config
+from pmrl_sci.config import HelpFormatter, parse_dataclass_config
 from pmrl_sci.options import add_objective_options, add_run_options, add_training_options, front_end
 from pmrl_sci.runs import default_run_dir, is_rank_zero
 from pmrl_sci.tasks.abide import ABIDE_MODALITIES, FMRI_CHANNELS, MODELS, AbideConfig, run_abide
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line options (``--help`` explains each)."""
     d = AbideConfig()
     p = argparse.ArgumentParser(prog="python -m pmrl_sci.abide", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--modalities", nargs="+", choices=ABIDE_MODALITIES, default=d.modalities,
                       help="any non-empty subset; with one modality there is no alignment term")

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from pmrl_sci.config import parse_dataclass_config
+from pmrl_sci.config import HelpFormatter, parse_dataclass_config
 from pmrl_sci.options import add_objective_options, add_run_options, add_training_options, front_end
 from pmrl_sci.runs import default_run_dir, is_rank_zero
 from pmrl_sci.tasks.houston13 import HEADS, HOUSTON13_MODALITIES, OBJECTIVES, Houston13Config, run_houston13
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line options (every field of :class:`Houston13Config`; ``--help`` explains each)."""
     d = Houston13Config()
     p = argparse.ArgumentParser(prog="python -m pmrl_sci.houston13", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--data-dir", default=d.data_dir,
                       help="folder with the GRSS DFC 2013 release (2013_IEEE_GRSS_DF_Contest_CASI.tif, ..._LiDAR.tif, "

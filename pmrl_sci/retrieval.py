@@ -22,7 +22,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from pmrl_sci.config import parse_dataclass_config
+from pmrl_sci.config import HelpFormatter, parse_dataclass_config
 from pmrl_sci.options import add_objective_options, add_run_options, add_training_options, front_end
 from pmrl_sci.runs import default_run_dir, is_rank_zero
 from pmrl_sci.tasks.retrieval import RetrievalConfig, run_retrieval
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line options (the fields of :class:`RetrievalConfig`)."""
     d = RetrievalConfig()
     p = argparse.ArgumentParser(prog="python -m pmrl_sci.retrieval", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--manifest", default=d.manifest,
                       help="JSON Lines or CSV manifest (one row per instance, one column per modality; see "
