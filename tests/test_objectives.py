@@ -216,3 +216,33 @@ def test_sign_aware_values_energy_and_gradient_direction():
     objective = build_objective("pmrl", instance_term=False, sign_aware=True)
     objective({"a": a, "b": b})["loss"].backward()
     assert b.grad[0, 0] < 0  # gradient descent moves b towards a
+
+
+# ----------------------------------------------------------------------------------------
+# input checks shared by the objectives (stack_modalities)
+
+
+@pytest.mark.parametrize("name", ["pmrl", "vast", "gram"])
+def test_a_dict_mask_must_name_every_modality(name):
+    torch.manual_seed(0)
+    emb = {m: torch.randn(4, 8) for m in ("a", "b", "c")}
+    objective = build_objective(name, **({"anchor": "c"} if name != "pmrl" else {}))
+    with pytest.raises(ValueError, match=r"no entry for modalities \['b'\]"):
+        objective(emb, {"a": torch.ones(4, dtype=torch.bool), "c": torch.ones(4, dtype=torch.bool)})
+    full = {m: torch.ones(4, dtype=torch.bool) for m in emb}
+    assert torch.isfinite(objective(emb, full)["loss"])
+
+
+@pytest.mark.parametrize("name", ["pmrl", "vast"])
+def test_huge_but_finite_embeddings_are_normalised_not_refused(name):
+    torch.manual_seed(0)
+    small = {m: torch.randn(6, 16) for m in ("a", "b", "c")}
+    huge = {m: (v / v.abs().amax(dim=1, keepdim=True) * 3e38).requires_grad_() for m, v in small.items()}
+    objective = build_objective(name, **({"anchor": "c"} if name == "vast" else {}))
+    expected = objective({m: v / v.abs().amax(dim=1, keepdim=True) for m, v in small.items()})["loss"]
+    loss = objective(huge)["loss"]  # float32 max is 3.4e38: the values are finite, only their squares overflow
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    assert all(torch.isfinite(v.grad).all() for v in huge.values())
+    with pytest.raises(ValueError, match="non-finite values"):
+        objective({**small, "b": torch.full((6, 16), float("inf"))})

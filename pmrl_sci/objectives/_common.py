@@ -62,7 +62,16 @@ def stack_modalities(embeddings: Mapping[str, torch.Tensor], mask: MaskLike = No
     z = torch.stack([embeddings[name] for name in names], dim=1)  # [B, k, d]
     # a NaN or inf anywhere in a row makes its norm non-finite: one [B, k] check instead of one over [B, k, d]
     norms = torch.linalg.vector_norm(z, dim=2)
-    bad = present & ~torch.isfinite(norms)
+    overflow = ~torch.isfinite(norms)
+    bad = present & overflow
+    if bool(bad.any()):  # rare: tell NaN/inf from finite rows whose sum of squares overflowed (e.g. 3e38)
+        finite_rows = torch.isfinite(z).all(dim=2)
+        bad = present & ~finite_rows
+        rescale = overflow & finite_rows
+        if bool(rescale.any()):  # the direction is scale-free: divide those rows by their largest entry first
+            scale = z.abs().amax(dim=2, keepdim=True).detach()
+            z = torch.where(rescale.unsqueeze(2), z / torch.where(rescale.unsqueeze(2), scale, 1.0), z)
+            norms = torch.where(rescale, torch.linalg.vector_norm(z, dim=2), norms)
     if bool(bad.any()):
         m = int(bad.any(dim=0).nonzero()[0, 0])
         rows = bad[:, m]
@@ -85,8 +94,11 @@ def as_mask(mask: MaskLike, names: list[str], batch: int, device: torch.device) 
         unknown = set(mask) - set(names)
         if unknown:
             raise ValueError(f"mask names modalities {sorted(unknown)} that are not among {names}")
-        columns = [torch.as_tensor(mask[n], device=device).bool() if n in mask
-                   else torch.ones(batch, dtype=torch.bool, device=device) for n in names]
+        missing = [n for n in names if n not in mask]
+        if missing:  # a silent default (present, or absent) would hide a caller's bug either way
+            raise ValueError(f"mask has no entry for modalities {missing}: a dict mask needs one [B] entry per "
+                             f"modality of the embeddings {names}")
+        columns = [torch.as_tensor(mask[n], device=device).bool() for n in names]
         mask = torch.stack(columns, dim=1)
     mask = torch.as_tensor(mask, device=device).bool()
     if mask.shape != (batch, len(names)):
