@@ -67,3 +67,22 @@ def test_split_rows_uses_the_manifest_val_rows() -> None:
     fit, val, test = split_rows(_data(labels, ["train"] * 12 + ["test"] * 4), 0.2, 0.25, 0)
     assert len(val) == 3 and len(fit) == 9 and test.tolist() == [12, 13, 14, 15]
     assert sorted([*fit, *val]) == list(range(12))
+
+
+def test_repeated_rows_never_straddle_a_random_split() -> None:
+    n = 40
+    groups = np.arange(n)
+    groups[[3, 17, 29]] = 3  # one row repeated three times
+    groups[[8, 9]] = 8
+    for seed in range(10):
+        data = _data([None] * n, [None] * n)
+        data.groups = groups
+        fit, val, test = split_rows(data, 0.3, 0.25, seed)
+        assert sorted(np.concatenate([fit, val, test]).tolist()) == list(range(n))
+        part = {int(r): name for name, rows in (("fit", fit), ("val", val), ("test", test)) for r in rows}
+        for group in ([3, 17, 29], [8, 9]):
+            assert len({part[r] for r in group}) == 1, (seed, group, part)
+        plain, distinct = _data([None] * n, [None] * n), _data([None] * n, [None] * n)
+        distinct.groups = np.arange(n)  # every row its own group: the same split as without groups
+        assert all(np.array_equal(a, b) for a, b in zip(split_rows(plain, 0.3, 0.25, seed),
+                                                        split_rows(distinct, 0.3, 0.25, seed), strict=True))

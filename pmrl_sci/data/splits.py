@@ -213,7 +213,41 @@ def split_indices(data: LoadedData, test_fraction: float, seed: int) -> tuple[np
     if len(data) - n_test < 1:
         raise InputError(f"{len(data)} rows are too few to split into train and test")
     logger.info("no usable split column: random %d train / %d test rows", len(data) - n_test, n_test)
-    return np.sort(order[n_test:]), np.sort(order[:n_test])
+    return keep_groups_together(np.sort(order[n_test:]), np.sort(order[:n_test]), data.groups)
+
+
+def keep_groups_together(first: np.ndarray, second: np.ndarray, groups: np.ndarray | None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Move repeated rows so that each group of rows sits in one part.
+
+    Parameters
+    ----------
+    first, second : numpy.ndarray
+        Sorted row indices of two disjoint parts (e.g. train and test).
+    groups : numpy.ndarray or None
+        Group number per row of the whole data set (:meth:`~pmrl_sci.data.manifest.Manifest.row_groups`:
+        repeated rows share one). None, or all groups distinct, leaves the parts unchanged.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        The two parts, sorted; a group split between them goes wholly to the part of its lowest row, so
+        the same files never appear on both sides of a split (no leak through repeated rows).
+    """
+    if groups is None or len(np.unique(groups)) == len(groups):
+        return first, second
+    groups = np.asarray(groups)
+    rows = np.concatenate([first, second])
+    part = np.concatenate([np.zeros(len(first), dtype=int), np.ones(len(second), dtype=int)])
+    order = np.argsort(rows, kind="stable")
+    rows, part = rows[order], part[order]
+    owner: dict[int, int] = {}
+    for row, side in zip(rows.tolist(), part.tolist(), strict=True):
+        owner.setdefault(int(groups[row]), side)
+    moved = np.array([owner[int(groups[row])] for row in rows.tolist()], dtype=int)
+    if (moved != part).any():
+        logger.info("%d repeated row(s) moved to the part of their first copy", int((moved != part).sum()))
+    return np.sort(rows[moved == 0]), np.sort(rows[moved == 1])
 
 
 def validation_split(train: np.ndarray, labels: Sequence[str | None], fraction: float, seed: int
@@ -282,6 +316,7 @@ def split_rows(data: LoadedData, test_fraction: float, val_fraction: float, seed
     if manifest_val.size and (splits == "test").any() and (splits == "train").any():
         return train, manifest_val, test
     fit, val = validation_split(train, data.labels, val_fraction, seed)
+    fit, val = keep_groups_together(fit, val, data.groups)
     return fit, val, test
 
 
