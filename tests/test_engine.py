@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import pytest
@@ -28,7 +29,9 @@ from pmrl_sci.io import read_jsonl
 from pmrl_sci.runs import RunFolder
 from pmrl_sci.training import epoch_callback
 
-CPU = torch.device("cpu")
+#: the device the engine tests train on: CPU here and in CI; PMRL_SCI_TEST_DEVICE=cuda runs them on a GPU
+#: (resume after a kill must be bit-identical there too: the CUDA RNG state is checkpointed)
+CPU = torch.device(os.environ.get("PMRL_SCI_TEST_DEVICE", "cpu"))
 
 
 class Killed(Exception):
@@ -51,16 +54,18 @@ class TinyRegression(Task):
         self.weights_at: dict[int, torch.Tensor] = {}
 
     def build(self, device: torch.device) -> UnitModules:
+        self.device = device
+        self.x, self.y = self.x.to(device), self.y.to(device)
         self.model = nn.Sequential(nn.Dropout(0.2), nn.Linear(5, 1)).to(device)
-        self.scale = nn.Linear(1, 1, bias=False)  # a second trained module outside DDP
+        self.scale = nn.Linear(1, 1, bias=False).to(device)  # a second trained module outside DDP
         nn.init.ones_(self.scale.weight)
         return UnitModules({"model": self.model, "scale": self.scale}, ddp=("model",))
 
     def train_data(self) -> TrainData:
-        return TrainData(TensorDataset(self.x[:30], self.y[:30]), batch_size=8)
+        return TrainData(TensorDataset(self.x[:30].cpu(), self.y[:30].cpu()), batch_size=8)
 
     def batch_loss(self, batch, step: Step):
-        x, y = batch
+        x, y = (t.to(self.device) for t in batch)
         pred = self.scale(step.forward["model"](x)).squeeze(-1)
         mse = nn.functional.mse_loss(pred, y)
         return {"mse": mse.detach(), "loss": mse, "weight": len(y)}
