@@ -21,7 +21,15 @@ from __future__ import annotations
 # trial), trial_options (the trials' front-end options), worker (the worker loop, best.json) and cli (the command
 # line). Every public name is importable from pmrl_sci.sweep.
 from pmrl_sci.sweep.cli import build_parser, main, parse_config
-from pmrl_sci.sweep.config import FRONT_ENDS, PRUNERS, FrontEnd, SweepConfig, SweepError
+from pmrl_sci.sweep.config import (
+    FRONT_ENDS,
+    PRUNERS,
+    QUIET_OPTIONS,
+    SEED_OPTION,
+    FrontEnd,
+    SweepConfig,
+    SweepError,
+)
 from pmrl_sci.sweep.sampling import TrialSeededSampler, make_pruner
 from pmrl_sci.sweep.storage import (
     MAX_CONNECTIONS,
@@ -53,10 +61,10 @@ from pmrl_sci.sweep.trials import (
 from pmrl_sci.sweep.worker import ProgressLine, best_summary, run_sweep
 
 __all__ = [
-    "FINISHED", "FRONT_ENDS", "MAX_CONNECTIONS", "POOL_OVERFLOW", "POOL_SIZE", "PRUNERS", "EpochReporter",
-    "FrontEnd", "ProgressLine", "SweepConfig", "SweepError", "TrialRunner", "TrialSeededSampler", "best_summary",
-    "build_parser", "check_fixed_options", "close_storage", "count_states", "describe_storage",
-    "fail_dead_local_trials", "fixed_option_differences", "fixed_options", "json_text", "main", "make_pruner",
-    "make_storage", "open_storage", "parse_config", "prepare", "redact", "run_sweep", "surplus_reason",
-    "validation_value", "with_installed_driver",
+    "FINISHED", "FRONT_ENDS", "MAX_CONNECTIONS", "POOL_OVERFLOW", "POOL_SIZE", "PRUNERS", "QUIET_OPTIONS",
+    "SEED_OPTION", "EpochReporter", "FrontEnd", "ProgressLine", "SweepConfig", "SweepError", "TrialRunner",
+    "TrialSeededSampler", "best_summary", "build_parser", "check_fixed_options", "close_storage", "count_states",
+    "describe_storage", "fail_dead_local_trials", "fixed_option_differences", "fixed_options", "json_text", "main",
+    "make_pruner", "make_storage", "open_storage", "parse_config", "prepare", "redact", "run_sweep",
+    "surplus_reason", "validation_value", "with_installed_driver",
 ]

@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threshold: prune a trial as soon as its reported metric is below this value")
     p.add_argument("--startup-trials", type=int, default=d.startup_trials, help="TPE: random trials first")
     p.add_argument("--report-metric", default=None,
-                   help="per-epoch metric used for pruning (default val_auc for abide, val_oa for houston13, "
-                        "val_mean_R@1 for retrieval)")
+                   help="per-epoch metric used for pruning (default " + ", ".join(
+                       f"{spec.report_metric} for {name}" for name, spec in FRONT_ENDS.items()) + ")")
     p.add_argument("--heartbeat", type=int, default=d.heartbeat,
                    help="database storages: seconds between a running trial's heartbeats")
     p.add_argument("--grace", type=int, default=None,

@@ -1,4 +1,5 @@
-"""What a sweep worker is told: the front ends it can drive (:data:`FRONT_ENDS`) and its :class:`SweepConfig`."""
+"""What a sweep worker is told: the front ends it can drive (:data:`FRONT_ENDS`, the options they share) and its
+:class:`SweepConfig`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 
@@ -15,7 +17,9 @@ class SweepError(RuntimeError):
 
 @dataclass(frozen=True)
 class FrontEnd:
-    """How the sweep drives one front end.
+    """How the sweep drives one front end: what differs between front ends.
+
+    The options every front end has and the sweep sets are :data:`SEED_OPTION` and :data:`QUIET_OPTIONS`.
 
     Parameters
     ----------
@@ -24,11 +28,7 @@ class FrontEnd:
     module : str
         Module with ``build_parser()`` and ``main(argv) -> dict``.
     report_metric : str
-        Key of the per-epoch validation metrics used for pruning.
-    seed_option : str
-        Front-end option (destination) of the training seed.
-    quiet : dict
-        Options that turn the front end's progress bars off inside trials.
+        Key of the per-epoch validation metrics used for pruning (the default of ``--report-metric``).
     test_keys : tuple of str
         Keys of ``results.json`` copied to ``best.json`` as the best trial's test metrics.
     """
@@ -36,8 +36,6 @@ class FrontEnd:
     name: str
     module: str
     report_metric: str
-    seed_option: str
-    quiet: Mapping[str, Any] = field(default_factory=dict)
     test_keys: tuple[str, ...] = ()
 
     def load(self) -> Any:
@@ -46,13 +44,17 @@ class FrontEnd:
 
 
 FRONT_ENDS: dict[str, FrontEnd] = {
-    "abide": FrontEnd("abide", "pmrl_sci.abide", "val_auc", "seed", {"progress": False},
-                      ("auc", "accuracy", "sensitivity", "specificity")),
-    "houston13": FrontEnd("houston13", "pmrl_sci.houston13", "val_oa", "seed", {"progress": False},
-                          ("oa", "aa", "kappa")),
-    "retrieval": FrontEnd("retrieval", "pmrl_sci.retrieval", "val_mean_R@1", "seed", {},
-                          ("mean_R@1", "mean_R@10", "recall")),
+    "abide": FrontEnd("abide", "pmrl_sci.abide", report_metric="val_auc",
+                      test_keys=("auc", "accuracy", "sensitivity", "specificity")),
+    "houston13": FrontEnd("houston13", "pmrl_sci.houston13", report_metric="val_oa", test_keys=("oa", "aa", "kappa")),
+    "retrieval": FrontEnd("retrieval", "pmrl_sci.retrieval", report_metric="val_mean_R@1",
+                          test_keys=("mean_R@1", "mean_R@10", "recall")),
 }
+# Options every front end has (pmrl_sci.options.add_run_options), as destinations: the training seed (--seed, the
+# first seed), which the sweep sets to --trial-seed in every trial, and the values that turn the progress bars off
+# inside trials (--no-progress) unless --trial-progress.
+SEED_OPTION = "seed"
+QUIET_OPTIONS: Mapping[str, Any] = MappingProxyType({"progress": False})
 PRUNERS = ("median", "hyperband", "threshold", "none")
 
 

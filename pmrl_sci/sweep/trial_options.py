@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pmrl_sci.extras import require
-from pmrl_sci.sweep.config import SweepConfig, SweepError
+from pmrl_sci.sweep.config import QUIET_OPTIONS, SEED_OPTION, SweepConfig, SweepError
 from pmrl_sci.sweep.storage import describe_storage, redact
 from pmrl_sci.sweep_spaces import SearchSpace, default_space, load_space, options_to_argv, parser_actions
 
@@ -35,7 +35,7 @@ def prepare(cfg: SweepConfig) -> tuple[SearchSpace, list[str], dict[str, Any], a
         raise SweepError(f"{where}: searched parameter(s) {unknown} are not options of {parser.prog} "
                          f"(see python -m {cfg.spec.module} --help)")
     extra_dests = {actions[_dest_of(tok, actions)].dest for tok in cfg.extra if _dest_of(tok, actions)}
-    reserved = {"out", cfg.spec.seed_option} & (set(space.fixed) | extra_dests)
+    reserved = {"out", SEED_OPTION} & (set(space.fixed) | extra_dests)
     if reserved:
         raise SweepError(f"{sorted(reserved)} are set by the sweep for each trial (use --out / --trial-seed of the "
                          "sweep); remove them from the space's 'fixed' section and the arguments after --")
@@ -43,7 +43,7 @@ def prepare(cfg: SweepConfig) -> tuple[SearchSpace, list[str], dict[str, Any], a
     if dropped:
         print(f"[sweep {cfg.front_end}] {dropped} given after -- : not searched", flush=True)
         space = space.without(dropped)
-    quiet = {} if cfg.trial_progress else {k: v for k, v in cfg.spec.quiet.items() if k not in space.fixed}
+    quiet = {} if cfg.trial_progress else {k: v for k, v in QUIET_OPTIONS.items() if k not in space.fixed}
     base_argv = options_to_argv({**space.fixed, **quiet}, parser, f"{where}: fixed") + list(cfg.extra)
     context = _parse(parser, base_argv, where, parse_args_with_config)
     example = base_argv + options_to_argv({**space.examples(context), "out": str(cfg.out / "check")}, parser,
@@ -77,7 +77,7 @@ def fixed_options(cfg: SweepConfig, space: SearchSpace, context: Mapping[str, An
     def as_json(value: Any) -> Any:
         return json.loads(json.dumps(value, default=str))
 
-    skipped = {*space.params, "out", cfg.spec.seed_option, *cfg.spec.quiet}
+    skipped = {*space.params, "out", SEED_OPTION, *QUIET_OPTIONS}
     options = {}
     for dest, action in parser_actions(cfg.spec.load().build_parser()).items():  # a parser with its own defaults
         if dest in skipped or dest not in context:

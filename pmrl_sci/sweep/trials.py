@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pmrl_sci.extras import require
-from pmrl_sci.sweep.config import SweepConfig
+from pmrl_sci.sweep.config import SEED_OPTION, SweepConfig
 from pmrl_sci.sweep_spaces import SearchSpace, options_to_argv
 
 optuna = require("optuna", "sweep", "Optuna sweeps")
@@ -119,7 +119,7 @@ class TrialRunner:
         run_dir = self.run_dir(trial.number)
         if run_dir.exists() and any(run_dir.iterdir()):  # left by an older study of the same name: keep it aside
             run_dir.rename(run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
-        options = {**params, self.cfg.spec.seed_option: self.cfg.trial_seed, "out": str(run_dir)}
+        options = {**params, SEED_OPTION: self.cfg.trial_seed, "out": str(run_dir)}
         argv = self.base_argv + options_to_argv(options, self.parser, f"trial {trial.number}")
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("seed", self.cfg.trial_seed)
