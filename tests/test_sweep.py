@@ -25,6 +25,7 @@ from pmrl_sci.sweep import (
     SweepError,
     describe_storage,
     fail_dead_local_trials,
+    fixed_options,
     main,
     make_storage,
     open_storage,
@@ -149,6 +150,19 @@ def test_front_end_options_are_checked_before_the_study(tmp_path: Path) -> None:
         prepare(SweepConfig(front_end="abide", out=tmp_path, extra=["--out", "x"]))
     with pytest.raises(SystemExit):
         main(["abide", "--pruner", "threshold", "--out", str(tmp_path)])  # needs --prune-below
+
+
+@pytest.mark.parametrize("front_end", ["abide", "houston13", "retrieval"])
+def test_every_front_end_runs_trials_without_progress_bars_and_with_the_trial_seed(tmp_path: Path,
+                                                                                  front_end: str) -> None:
+    space, argv, context, _ = prepare(SweepConfig(front_end=front_end, out=tmp_path, extra=["--no-progress"]))
+    assert argv[0] == "--no-progress" and context["progress"] is False
+    cfg = SweepConfig(front_end=front_end, out=tmp_path, extra=["--no-progress"])
+    assert fixed_options(cfg, space, context)["options"] == {}  # the progress switch does not make trials differ
+    _, argv, context, _ = prepare(SweepConfig(front_end=front_end, out=tmp_path, trial_progress=True))
+    assert "--no-progress" not in argv and context["progress"] is True
+    with pytest.raises(SweepError, match=r"\['seed'\] are set by the sweep"):
+        prepare(SweepConfig(front_end=front_end, out=tmp_path, extra=["--seed", "1"]))
 
 
 def test_validation_value_never_falls_back_to_test_metrics() -> None:
