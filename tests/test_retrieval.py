@@ -100,10 +100,10 @@ def test_bad_input_exits_2_naming_what_is_wrong(tmp_path, monkeypatch, capsys) -
     err = _exit_message(capsys, ["--manifest", str(manifest), "--modalities", "vision", "smell", *run])
     assert "error:" in err and "smell" in err
     err = _exit_message(capsys, ["--manifest", str(manifest), "--sample-rate", "16000", *run])
-    assert "error: audio" in err and "0.wav is sampled at 8000 Hz" in err
+    assert "error:" in err and "manifest.jsonl, row 1, column 'audio'" in err and "0.wav is sampled at 8000 Hz" in err
     (tmp_path / "media" / "img" / "2.png").write_bytes(b"not an image")
     err = _exit_message(capsys, ["--manifest", str(manifest), "--sample-rate", "8000", *run])
-    assert "error: cannot read image" in err and "2.png" in err
+    assert "error:" in err and "row 3, column 'vision'" in err and "2.png: cannot identify image file" in err
     (tmp_path / "media" / "img" / "2.png").unlink()
     err = _exit_message(capsys, ["--manifest", str(manifest), "--sample-rate", "8000", *run])
     assert "error:" in err and "row 3" in err and "2.png does not exist" in err
