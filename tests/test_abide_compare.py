@@ -135,6 +135,12 @@ def test_front_end_refuses_a_diagnosis_field(tmp_path, capsys):
     assert info.value.code == 2
     assert "--text-fields: ['dx_group'] derive from the diagnosis" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+    for bad, expected in ((["--model", "logistic-all", "--modalities", "smri", "text"], "needs fmri in --modalities"),
+                          (["--model", "logistic-all", "--input-noise", "0.1"], "--input-noise is not applied"),
+                          (["--threshold", "0.3"], "--threshold")):
+        with pytest.raises(SystemExit) as info:
+            abide_main([*bad, "--out", str(tmp_path / "r"), "--no-progress"])
+        assert info.value.code == 2 and expected in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -158,6 +158,9 @@ class AbideConfig:
         if self.model == "logistic-all" and "fmri" not in self.modalities:
             raise InputError("--model logistic-all needs fmri in --modalities (its subjects are those with fMRI, "
                              "as for --model logistic)")
+        if self.model == "logistic-all" and self.input_noise > 0:
+            raise InputError("--input-noise is not applied by --model logistic-all (its sMRI and phenotype features "
+                             "would stay clean); use --model logistic or the multimodal model")
 
 
 
