@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from pmrl_sci.config import HelpFormatter, parse_dataclass_config
+from pmrl_sci.data.abide.text_fields import EXCLUDED_FIELDS, TEXT_FIELDS
 from pmrl_sci.options import add_objective_options, add_run_options, add_training_options, front_end
 from pmrl_sci.runs import default_run_dir, is_rank_zero
 from pmrl_sci.tasks.abide import ABIDE_MODALITIES, FMRI_CHANNELS, MODELS, AbideConfig, run_abide
+from pmrl_sci.tasks.abide_fit import THRESHOLDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "with diagnosis (leaky, marked in the run folder); or off")
     data.add_argument("--text-model", default=d.text_model,
                       help="local path or cached Hugging Face name of the text model (default: the shipped MiniLM)")
+    data.add_argument("--text-fields", nargs="+", default=d.text_fields, metavar="FIELD",
+                      help=f"phenotype fields of the text, from {list(TEXT_FIELDS)} (-9999 or blank: 'not stated'); "
+                           f"never a diagnosis-derived field ({', '.join(EXCLUDED_FIELDS[:4])}, ADOS, ADI-R, SRS...: "
+                           "refused). Default: age sex, the text 'age: <age>, gender: <gender>'")
     data.add_argument("--download", action="store_true", help="fetch ABIDE with nilearn's fetch_abide_pcp (network)")
     data.add_argument("--cache-dir", default=d.cache_dir,
                       help="cache for generated data, preprocessed tensors and text embeddings "
@@ -57,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--model", choices=MODELS, default=d.model,
                       help="multimodal: the PMRL/GRAM/VAST model over --modalities; brainnettf, vanillatf, "
                            "brainnetcnn: fMRI-only encoder baselines with cross-entropy; gcn: population-graph GCN "
-                           "(Parisot et al. 2018); logistic: logistic regression on vectorised connectivity")
+                           "(Parisot et al. 2018); logistic: logistic regression on vectorised connectivity; "
+                           "logistic-all: logistic regression on every input of --modalities (connectivity, sMRI "
+                           "harmonised on training subjects, the text's phenotype fields as numbers), C chosen on "
+                           "validation")
     data.add_argument("--fmri-encoder", choices=["brainnettf", "vanillatf", "brainnetcnn"], default=d.fmri_encoder,
                       help="fMRI encoder of the multimodal model")
     add_objective_options(p, d, helps={"objective": "alignment objective added to the classification loss",
@@ -70,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="BrainNetTF protocol: site-stratified 70/10/20 train/validation/test")
     tr.add_argument("--folds", type=int, default=d.folds,
                     help="K-fold cross-validation stratified by diagnosis and site instead of --split")
+    tr.add_argument("--threshold", choices=list(THRESHOLDS), default=d.threshold,
+                    help="decision threshold of accuracy, sensitivity and specificity: 0.5, or 'val': the one "
+                         "maximising balanced accuracy (Youden's J) on the validation subjects (AUC does not use it)")
     tr.add_argument("--embed-dim", type=int, default=d.embed_dim, help="dimension of every modality embedding")
     tr.add_argument("--dropout", type=float, default=d.dropout)
     tr.add_argument("--input-noise", type=float, default=d.input_noise,

@@ -61,6 +61,43 @@ def binary_classification_metrics(y_true: Sequence[int] | np.ndarray, score: Seq
     }
 
 
+def youden_threshold(y_true: Sequence[int] | np.ndarray, score: Sequence[float] | np.ndarray,
+                     default: float = 0.5) -> float:
+    """The decision threshold that maximises balanced accuracy (Youden's J = sensitivity + specificity - 1).
+
+    A subject is called positive when ``score >= threshold``; the candidates are the observed scores.
+    Among thresholds of equal J the one closest to ``default`` is taken, so J ties never move the threshold
+    away from 0.5 needlessly.
+
+    Parameters
+    ----------
+    y_true : array of {0, 1}
+        Labels of the subjects the threshold is chosen on (validation subjects, never test ones).
+    score : array of float
+        Their predicted probabilities of class 1.
+    default : float
+        Returned when ``y_true`` holds one class only (J is undefined).
+
+    Returns
+    -------
+    float
+        The threshold.
+    """
+    y = np.asarray(y_true).astype(int)
+    s = np.asarray(score, dtype=float)
+    if y.shape != s.shape or y.ndim != 1:
+        raise ValueError(f"y_true and score must be 1-D of the same length, got {y.shape} and {s.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or inf")
+    if len(np.unique(y)) < 2:
+        return float(default)
+    candidates = np.unique(s)
+    pos, neg = y == 1, y == 0
+    j = np.array([(s[pos] >= t).mean() - (s[neg] >= t).mean() for t in candidates])
+    best = np.flatnonzero(np.isclose(j, j.max(), rtol=0.0, atol=1e-12))
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - default))]])
+
+
 def roc_points(y_true: Sequence[int] | np.ndarray, score: Sequence[float] | np.ndarray) -> dict[str, list[float]]:
     """False and true positive rates of the ROC curve (for plots)."""
     fpr, tpr, _ = roc_curve(np.asarray(y_true).astype(int), np.asarray(score, dtype=float))

@@ -68,7 +68,9 @@ def fit_predict_logistic(features: np.ndarray, labels: np.ndarray, train_idx: np
     config : LogisticConfig, optional
         Grid and solver settings.
     return_info : bool
-        Also return ``{"C": chosen C, "selection": "validation" | "inner_cv", "scores": {C: AUC}}``.
+        Also return ``{"C": chosen C, "selection": "validation" | "inner_cv", "scores": {C: AUC},
+        "val_prob": probabilities of the validation subjects under the final model}`` (for a decision
+        threshold chosen on validation).
 
     Returns
     -------
@@ -111,5 +113,6 @@ def fit_predict_logistic(features: np.ndarray, labels: np.ndarray, train_idx: np
     model = _model(best_c, seed, cfg.max_iter).fit(x[fit_idx], y[fit_idx])
     prob = model.predict_proba(x[te])[:, 1] if te.size else np.empty(0)
     if return_info:
-        return prob, {"C": best_c, "selection": selection, "scores": scores}
+        val_prob = model.predict_proba(x[va])[:, 1] if va.size else np.empty(0)
+        return prob, {"C": best_c, "selection": selection, "scores": scores, "val_prob": val_prob}
     return prob

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pmrl_sci.data.abide.cohort import AbideCohort, load_abide_cohort
+from pmrl_sci.data.abide.text_fields import DEFAULT_TEXT_FIELDS, check_text_fields
 from pmrl_sci.data.cache import cache_root
 from pmrl_sci.engine import (
     Selection,
@@ -53,6 +54,7 @@ from pmrl_sci.tasks.abide_data import (
     resolve_data,
     unit_splits,
 )
+from pmrl_sci.tasks.abide_fit import THRESHOLDS, baseline_probabilities, logistic_all_features, thresholded_metrics
 from pmrl_sci.tasks.abide_model import AbideModel, build_abide_model, evaluate, to_device
 from pmrl_sci.training import resolve_device
 
@@ -73,7 +75,7 @@ ABIDE_MODALITIES = ("fmri", "smri", "text")
 #: --model choices: the multimodal model (any modalities, any objective), fMRI-only encoder baselines
 #: trained with cross-entropy, and the non-deep baselines of the paper's Table 4
 ENCODER_BASELINES = ("brainnettf", "vanillatf", "brainnetcnn")
-FIT_BASELINES = ("gcn", "logistic")
+FIT_BASELINES = ("gcn", "logistic", "logistic-all")
 MODELS = ("multimodal", *ENCODER_BASELINES, *FIT_BASELINES)
 #: default maximum epochs: BrainNetTF-style training on real data; shorter on the embedded cohort so that
 #: the default command finishes in minutes on a laptop CPU (early stopping applies to both)
@@ -132,6 +134,8 @@ class AbideConfig:
     tensorboard: bool = False
     input_noise: float = 0.0
     label_noise: float = 0.0
+    text_fields: list[str] = field(default_factory=lambda: list(DEFAULT_TEXT_FIELDS))
+    threshold: str = "0.5"
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modalities if m not in ABIDE_MODALITIES]
@@ -148,6 +152,15 @@ class AbideConfig:
             raise InputError(f"--label-noise must be in [0, 1], got {self.label_noise}")
         if not (np.isfinite(self.input_noise) and self.input_noise >= 0):
             raise InputError(f"--input-noise must be a finite number >= 0, got {self.input_noise}")
+        self.text_fields = check_text_fields(self.text_fields)
+        if self.threshold not in THRESHOLDS:
+            raise InputError(f"--threshold must be one of {list(THRESHOLDS)}, got {self.threshold!r}")
+        if self.model == "logistic-all" and "fmri" not in self.modalities:
+            raise InputError("--model logistic-all needs fmri in --modalities (its subjects are those with fMRI, "
+                             "as for --model logistic)")
+        if self.model == "logistic-all" and self.input_noise > 0:
+            raise InputError("--input-noise is not applied by --model logistic-all (its sMRI and phenotype features "
+                             "would stay clean); use --model logistic or the multimodal model")
 
 
 
@@ -245,10 +258,14 @@ class AbideTask(Task):
         return record
 
     def test(self, selection: Selection) -> dict[str, Any]:
-        """Test metrics, ROC points and the spectrum of the selected model."""
+        """Test metrics (at the ``--threshold``, chosen on validation), ROC points and the spectra of the selected
+        model (validation and test)."""
+        val = evaluate(self.model, self.val_loader, self.device)
         test = evaluate(self.model, self.test_loader, self.device)
-        metrics = binary_classification_metrics(test["label"], test["prob"])
-        return {**metrics, "roc": roc_points(test["label"], test["prob"]) if len(set(test["label"])) == 2 else None,
+        metrics = thresholded_metrics(self.config.threshold, val["label"], val["prob"], test["label"], test["prob"])
+        return {**metrics,
+                "val_sigma": val["sigma"].mean(axis=0).tolist() if val["sigma"] is not None else None,
+                "roc": roc_points(test["label"], test["prob"]) if len(set(test["label"])) == 2 else None,
                 "test_sigma": test["sigma"].tolist() if test["sigma"] is not None else None,
                 "test_u1_cosine": test.get("u1_cosine"), "test_v_abs_mean": test.get("v_abs_mean")}
 
@@ -276,11 +293,12 @@ train_unit = train_abide_unit
 
 def fit_baseline_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.ndarray], seed: int,
                       unit: str) -> dict[str, Any]:
-    """The non-deep baselines on vectorised connectivity: logistic regression or the population GCN.
+    """The non-deep baselines: logistic regression or the population GCN on vectorised connectivity, or
+    (``logistic-all``) logistic regression on every input of ``--modalities`` (:mod:`pmrl_sci.tasks.abide_fit`).
 
     Subjects without fMRI are left out of these baselines (counted in the result).
     """
-    from pmrl_sci.baselines import fit_predict_logistic, fit_predict_population_gcn, vectorize_connectivity
+    from pmrl_sci.baselines import fit_predict_population_gcn, vectorize_connectivity
 
     fmri_only = dataclasses.replace(config, modalities=["fmri"])
     has = cohort.mask["fmri"]
@@ -292,19 +310,21 @@ def fit_baseline_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[s
     subjects = np.concatenate([arrays[n].index for n in order])
     bounds = np.cumsum([0] + [len(arrays[n].labels) for n in order])
     local = {n: np.arange(bounds[i], bounds[i + 1]) for i, n in enumerate(order)}
-    if config.model == "logistic":
-        prob, fit_info = fit_predict_logistic(features, labels, local["train"], local["val"], local["test"], seed=seed,
-                                              return_info=True)
+    if config.model == "logistic-all":
+        features, blocks = logistic_all_features(cohort, config, subjects, local["train"])
+        info["features"] = blocks
+    if config.model in ("logistic", "logistic-all"):
+        val_prob, prob, fit_info = baseline_probabilities(features, labels, local, seed)
         best_val = max(fit_info["scores"].values()) if fit_info.get("scores") else float("nan")
     else:
         prob_all, fit_info = fit_predict_population_gcn(
             features, labels, cohort.sites[subjects], cohort.sex[subjects], cohort.age[subjects], local["train"],
             local["val"], local["test"], seed=seed, epochs=config.epochs, return_all=True, return_info=True)
-        prob = prob_all[local["test"]]
-        val_metrics = binary_classification_metrics(labels[local["val"]], prob_all[local["val"]])
+        prob, val_prob = prob_all[local["test"]], prob_all[local["val"]]
+        val_metrics = binary_classification_metrics(labels[local["val"]], val_prob)
         best_val = val_metrics["auc"]
     test_labels = labels[local["test"]]
-    metrics = binary_classification_metrics(test_labels, prob)
+    metrics = thresholded_metrics(config.threshold, labels[local["val"]], val_prob, test_labels, prob)
     return {"unit": unit, "seed": seed, "best_epoch": int(fit_info.get("best_epoch", -1)), "best_val": best_val,
             "n_train": len(local["train"]), "n_val": len(local["val"]), "n_test": len(local["test"]),
             "excluded_no_fmri": int(sum(len(parts[n]) - len(kept[n]) for n in order)), **metrics,
@@ -314,6 +334,8 @@ def fit_baseline_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[s
 
 def resolve_model(config: AbideConfig) -> AbideConfig:
     """Apply ``--model``: fMRI-only baselines use the fMRI modality and no alignment objective."""
+    if config.model == "logistic-all":
+        return dataclasses.replace(config, objective="none")
     if config.model == "multimodal":
         if len(config.modalities) < 2 and config.objective != "none":
             logger.info("one modality: no alignment term (objective %s not used)", config.objective)
@@ -356,7 +378,7 @@ def _run_abide(config: AbideConfig, dist_info: DistInfo) -> dict[str, Any]:
         cohort = load_abide_cohort(root, atlas=config.atlas, pipeline=config.pipeline, strategy=config.strategy,
                                    freesurfer_dir=fs_dir, modalities=config.modalities,
                                    quality_checked=config.quality_checked, text_model=config.text_model,
-                                   cache_dir=cache / "abide_preprocessed",
+                                   cache_dir=cache / "abide_preprocessed", text_fields=config.text_fields,
                                    progress=config.progress and dist_info.is_main)
     if cohort.report.get("cache") == "hit" and dist_info.is_main:
         logger.info("preprocessed cohort read from the cache (%s)", cache / "abide_preprocessed")
@@ -385,7 +407,8 @@ def _run_abide(config: AbideConfig, dist_info: DistInfo) -> dict[str, Any]:
         leaky=leaky,
         simulated_data=simulated, split="folds" if config.folds else "bnt", units=[
             {k: r[k] for k in ("unit", "seed", "best_epoch", "auc", "accuracy", "sensitivity", "specificity",
-                               "n_train", "n_val", "n_test")} for r in results])
+                               "n_train", "n_val", "n_test")}
+            | {"threshold": r.get("threshold", 0.5), "val_sigma": r.get("val_sigma")} for r in results])
     summary["distributed"] = {"world_size": dist_info.world_size, "backend": dist_info.backend}
     run.write_results(summary)
     if not dist_info.is_main:

@@ -2,8 +2,9 @@
 
 ``load_abide_cohort`` reads the phenotype, applies nilearn's quality filter, matches subjects to
 their ROI time series and FreeSurfer rows (by FILE_ID or SUB_ID), computes connectivity, builds
-the "age: <age>, gender: <gender>" texts and their embeddings, and caches the result keyed by
-the input files' fingerprints and the settings.
+the phenotype texts ("age: <age>, gender: <gender>" by default; the fields are chosen from
+:data:`~pmrl_sci.data.abide.text_fields.TEXT_FIELDS`, never a diagnosis-derived one) and their embeddings, and
+caches the result keyed by the input files' fingerprints and the settings.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ from tqdm.auto import tqdm
 
 from pmrl_sci.data.abide.connectivity import KINDS, compute_connectivity
 from pmrl_sci.data.abide.phenotype import PHENOTYPE_FILENAME, quality_filter, read_phenotype
+from pmrl_sci.data.abide.text_fields import (
+    DEFAULT_TEXT_FIELDS,
+    EXCLUDED_FIELDS,
+    check_text_fields,
+    phenotype_texts,
+    phenotype_values,
+)
 from pmrl_sci.data.abide.timeseries import (
     ATLAS_ROIS,
     DEFAULT_MIN_TIMEPOINTS,
@@ -36,7 +44,7 @@ from pmrl_sci.io import atomic_save_npz, file_fingerprint, stable_hash
 logger = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, ...] = ("fmri", "smri", "text")
-COHORT_CACHE_VERSION = 2
+COHORT_CACHE_VERSION = 3
 _FS_TABLE_SUFFIXES = (".txt", ".tsv", ".csv")
 NO_FREESURFER_ROW = "no FreeSurfer row"
 
@@ -69,11 +77,14 @@ class AbideCohort:
     smri_features : list of str
         Column names of ``smri``.
     text : list of str or None
-        "age: <age>, gender: <gender>".
+        The phenotype text ("age: <age>, gender: <gender>" with the default fields).
     text_embeddings : ndarray or None
         ``[N, H]`` float32 frozen sentence embeddings of ``text``.
     mask : dict of str to ndarray of bool
         Which subjects have each requested modality.
+    phenotype : dict of str to ndarray of float
+        The text fields as numbers (NaN = not stated; see
+        :func:`~pmrl_sci.data.abide.text_fields.phenotype_values`), whether or not text is a modality.
     report : dict
         What was read, excluded (with reasons) and cached.
     """
@@ -92,6 +103,7 @@ class AbideCohort:
     text_embeddings: np.ndarray | None = None
     mask: dict[str, np.ndarray] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    phenotype: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.subject_ids)
@@ -110,7 +122,8 @@ class AbideCohort:
             fmri=None if self.fmri is None else self.fmri[idx], smri=None if self.smri is None else self.smri[idx],
             smri_features=list(self.smri_features), text=None if self.text is None else [self.text[i] for i in idx],
             text_embeddings=None if self.text_embeddings is None else self.text_embeddings[idx],
-            mask={m: v[idx] for m, v in self.mask.items()}, report=self.report)
+            mask={m: v[idx] for m, v in self.mask.items()}, report=self.report,
+            phenotype={f: v[idx] for f, v in self.phenotype.items()})
 
 
 def format_age(age: float) -> str:
@@ -145,7 +158,8 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
                       text_model: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
                       progress: bool = True, strict: bool = False,
                       phenotype_path: str | os.PathLike[str] | None = None,
-                      min_timepoints: int = DEFAULT_MIN_TIMEPOINTS) -> AbideCohort:
+                      min_timepoints: int = DEFAULT_MIN_TIMEPOINTS,
+                      text_fields: Sequence[str] = DEFAULT_TEXT_FIELDS) -> AbideCohort:
     """Read an ABIDE(-like) cohort into an :class:`AbideCohort`.
 
     Parameters
@@ -174,6 +188,9 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
         The phenotype CSV, when not in ``data_dir``.
     min_timepoints : int
         Fewest time points accepted per subject.
+    text_fields : sequence of str
+        Phenotype fields of the text (from ``TEXT_FIELDS``; default age and sex); a diagnosis-derived field
+        is refused.
 
     Returns
     -------
@@ -187,7 +204,7 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
         (``"hit"`` or ``"miss"``) and ``counts``: subjects, duplicate_roi_files, bad_roi_files,
         subjects_with_zero_rois, zero_rois, no_freesurfer_row, incomplete_freesurfer_row
         (a missing value in the subject's FreeSurfer row: its sMRI is masked), fiq_missing
-        and excluded.
+        and excluded; ``text_fields`` and ``excluded_fields`` (never in the text).
 
     Raises
     ------
@@ -199,6 +216,7 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
         Missing phenotype, ROI folder or FreeSurfer folder.
     """
     modalities = _check_modalities(modalities)
+    text_fields = check_text_fields(text_fields, option="text_fields")
     atlas = check_atlas(atlas)
     data_dir = Path(data_dir)
     pheno_path = Path(phenotype_path) if phenotype_path is not None else find_phenotype(data_dir)
@@ -207,7 +225,7 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
     file_ids = set(phenotype["FILE_ID"])
     settings = {"atlas": atlas, "pipeline": pipeline, "strategy": strategy, "modalities": modalities,
                 "quality_checked": quality_checked, "strict": strict, "min_timepoints": min_timepoints,
-                "text_model": text_model, "kinds": list(KINDS)}
+                "text_model": text_model, "kinds": list(KINDS), "text_fields": text_fields}
 
     roi_files: dict[str, Path] = {}
     duplicate_roi_files: dict[str, list[str]] = {}
@@ -302,7 +320,7 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
                              "reason": "no data for any requested modality: " + "; ".join(reasons)})
     keep = np.flatnonzero(any_data)
     rows = rows.iloc[keep].reset_index(drop=True)
-    texts = [subject_text(a, s) for a, s in zip(rows["AGE_AT_SCAN"], rows["SEX"])]
+    texts = phenotype_texts(rows, text_fields)
     text_embeddings = None
     if "text" in modalities:
         from pmrl_sci.data.text import embed_texts
@@ -322,6 +340,7 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
         "bad_files": bad_files, "smri_notes": smri_notes, "connectivity": conn_report,
         "n_fiq_missing": int(rows["FIQ"].isna().sum()),
         "duplicate_roi_files": duplicate_roi_files,
+        "text_fields": text_fields, "excluded_fields": list(EXCLUDED_FIELDS),
     }
     report["counts"] = _report_counts(report, list(rows["FILE_ID"]))
     cohort = AbideCohort(
@@ -330,7 +349,8 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
         fiq=rows["FIQ"].to_numpy(np.float64), fmri=None if fmri_full is None else fmri_full[keep],
         smri=None if smri_full is None else smri_full[keep], smri_features=smri_features,
         text=texts if "text" in modalities else None, text_embeddings=text_embeddings,
-        mask={m: available[m][keep] for m in modalities}, report=report)
+        mask={m: available[m][keep] for m in modalities}, report=report,
+        phenotype=phenotype_values(rows, text_fields))
     cohort.report["cache"] = "miss" if cache_path is not None else "disabled"
     if cache_path is not None:
         _save_cache(cache_path, cohort)
@@ -449,6 +469,8 @@ def _save_cache(path: Path, cohort: AbideCohort) -> None:
         arrays["text"] = np.array(cohort.text, dtype=str)
     for modality, mask in cohort.mask.items():
         arrays[f"mask_{modality}"] = mask
+    for name, values in cohort.phenotype.items():
+        arrays[f"phenotype_{name}"] = values
     atomic_save_npz(path, **arrays)
 
 
@@ -462,7 +484,8 @@ def _load_cache(path: Path) -> AbideCohort:
             smri_features=[str(s) for s in data["smri_features"]],
             text=[str(s) for s in data["text"]] if "text" in data else None,
             text_embeddings=data["text_embeddings"] if "text_embeddings" in data else None,
-            mask={m: data[f"mask_{m}"] for m in modalities}, report=json.loads(str(data["report"])))
+            mask={m: data[f"mask_{m}"] for m in modalities}, report=json.loads(str(data["report"])),
+            phenotype={k[len("phenotype_"):]: data[k] for k in data.files if k.startswith("phenotype_")})
 
 
 def _json_default(obj: Any) -> Any:

@@ -1,0 +1,198 @@
+"""Same-run comparison (issue 11): paired differences, the validation threshold, the text fields, logistic-all."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pmrl_sci.abide import main as abide_main
+from pmrl_sci.data.abide.cohort import load_abide_cohort, subject_text
+from pmrl_sci.data.abide.generator import generate_abide_like
+from pmrl_sci.data.abide.text_fields import (
+    EXCLUDED_FIELDS,
+    check_text_fields,
+    phenotype_texts,
+    phenotype_values,
+)
+from pmrl_sci.errors import InputError
+from pmrl_sci.metrics import youden_threshold
+from pmrl_sci.reports.compare import format_difference, paired_difference
+from pmrl_sci.tasks.abide import AbideConfig
+from pmrl_sci.tasks.abide_fit import logistic_all_features, thresholded_metrics
+
+torch.set_num_threads(1)
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# paired differences
+
+
+def test_paired_difference_on_known_numbers():
+    reference = {"s0-f0": 0.70, "s0-f1": 0.80, "s1-f0": 0.60, "only-ref": 0.1}
+    other = {"s0-f0": 0.75, "s0-f1": 0.90, "s1-f0": 0.60, "only-other": 0.9}
+    diff = paired_difference(reference, other)
+    # differences 0.05, 0.10, 0.00: mean 0.05, sd 0.05, t_{0.975, 2} = 4.302653
+    half = 4.302653 * 0.05 / math.sqrt(3)
+    assert diff["n"] == 3
+    assert diff["mean"] == pytest.approx(0.05)
+    assert diff["low"] == pytest.approx(0.05 - half, abs=1e-6) and diff["high"] == pytest.approx(0.05 + half, abs=1e-6)
+    assert paired_difference(reference, reference)["mean"] == 0.0
+    one = paired_difference({"a": 0.5, "b": float("nan")}, {"a": 0.7, "b": 0.9})  # the NaN unit is not paired
+    assert one["n"] == 1 and one["mean"] == pytest.approx(0.2) and math.isnan(one["low"])
+    assert paired_difference({"a": 1.0}, {"b": 1.0})["n"] == 0
+    assert format_difference(0.05, -0.02, 0.12) == "+5.0 [-2.0, +12.0]"
+    with pytest.raises(ValueError, match="confidence"):
+        paired_difference(reference, other, confidence=1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# decision threshold chosen on validation
+
+
+def test_youden_threshold_on_known_scores():
+    y = [0, 0, 1, 1, 0, 1]
+    s = [0.10, 0.40, 0.35, 0.80, 0.20, 0.70]
+    # J(0.35) = 1 - 1/3 and J(0.70) = 2/3 - 0: equal; 0.35 is closer to 0.5
+    assert youden_threshold(y, s) == pytest.approx(0.35)
+    assert youden_threshold([0, 1, 1], [0.2, 0.9, 0.95]) == pytest.approx(0.9)  # perfectly separated
+    assert youden_threshold([1, 1], [0.2, 0.9]) == 0.5  # one class: J undefined, 0.5
+    with pytest.raises(ValueError):
+        youden_threshold([0, 1], [0.1, float("nan")])
+
+
+def test_threshold_never_reads_test_labels():
+    rng = np.random.default_rng(0)
+    val_y, val_p = rng.integers(0, 2, 20), rng.random(20)
+    test_p = rng.random(30)
+    chosen = {thresholded_metrics("val", val_y, val_p, labels, test_p)["threshold"]
+              for labels in (rng.integers(0, 2, 30), np.zeros(30, int) | (np.arange(30) % 2), 1 - (np.arange(30) % 2))}
+    assert chosen == {youden_threshold(val_y, val_p)}
+    m = thresholded_metrics("val", [0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4], [0, 1, 1], [0.25, 0.29, 0.31])
+    assert m["threshold"] == pytest.approx(0.3) and m["sensitivity"] == 0.5 and m["specificity"] == 1.0
+    assert thresholded_metrics("0.5", [0, 1], [0.9, 0.1], [0, 1], [0.4, 0.6])["threshold"] == 0.5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# text fields
+
+
+def test_text_fields_refuse_diagnosis_derived_and_unknown():
+    assert check_text_fields(["FIQ", "age"]) == ["age", "fiq"]
+    with pytest.raises(InputError, match=r"--text-fields: \['ados_total', 'dx_group'\] derive from the diagnosis"):
+        check_text_fields(["age", "ADOS_TOTAL", "DX_GROUP"])
+    with pytest.raises(InputError, match="srs_raw_total"):
+        check_text_fields(["srs_raw_total"])
+    with pytest.raises(InputError, match="unknown or no field"):
+        check_text_fields(["shoe_size"])
+    assert {"DX_GROUP", "DSM_IV_TR", "ADOS_TOTAL", "ADI_R_SOCIAL_TOTAL_A", "SRS_RAW_TOTAL"} <= set(EXCLUDED_FIELDS)
+
+
+def test_phenotype_texts_and_values():
+    rows = pd.DataFrame({"AGE_AT_SCAN": [12.0, 24.55], "SEX": [1, 2], "HANDEDNESS_CATEGORY": ["L", "-9999"],
+                         "FIQ": [112.0, -9999.0], "ADOS_TOTAL": [14, 3]})
+    assert phenotype_texts(rows) == [subject_text(12.0, 1), subject_text(24.55, 2)] == [
+        "age: 12, gender: male", "age: 24.6, gender: female"]
+    texts = phenotype_texts(rows, ["age", "sex", "handedness", "fiq", "viq"])
+    assert texts[0] == "age: 12, gender: male, handedness: left, full-scale IQ: 112, verbal IQ: not stated"
+    assert texts[1] == "age: 24.6, gender: female, handedness: not stated, full-scale IQ: not stated, " \
+                       "verbal IQ: not stated"
+    assert not any("14" in t or "ADOS" in t for t in texts)
+    values = phenotype_values(rows, ["sex", "handedness", "fiq"])
+    np.testing.assert_array_equal(values["sex"], [1.0, 0.0])
+    np.testing.assert_array_equal(values["handedness"], [-1.0, np.nan])
+    np.testing.assert_array_equal(values["fiq"], [112.0, np.nan])
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory):
+    return generate_abide_like(tmp_path_factory.mktemp("abide") / "data", n_subjects=24, n_sites=3, atlas="tt",
+                               seed=5)
+
+
+def test_cohort_reports_text_fields_and_carries_them(tiny_cohort):
+    cohort = load_abide_cohort(tiny_cohort, atlas="tt", modalities=["fmri", "smri"], progress=False,
+                               text_fields=["age", "sex", "handedness", "fiq"])
+    assert cohort.report["text_fields"] == ["age", "sex", "handedness", "fiq"]
+    assert cohort.report["excluded_fields"] == list(EXCLUDED_FIELDS)
+    assert set(cohort.phenotype) == {"age", "sex", "handedness", "fiq"}
+    np.testing.assert_allclose(cohort.phenotype["age"], cohort.age)
+    np.testing.assert_array_equal(np.isnan(cohort.phenotype["fiq"]), np.isnan(cohort.fiq))
+    with pytest.raises(InputError, match="text_fields"):
+        load_abide_cohort(tiny_cohort, atlas="tt", modalities=["fmri"], progress=False, text_fields=["ados_total"])
+
+
+def test_front_end_refuses_a_diagnosis_field(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        abide_main(["--text-fields", "age", "dx_group", "--out", str(tmp_path / "r"), "--no-progress"])
+    assert info.value.code == 2
+    assert "--text-fields: ['dx_group'] derive from the diagnosis" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    for bad, expected in ((["--model", "logistic-all", "--modalities", "smri", "text"], "needs fmri in --modalities"),
+                          (["--model", "logistic-all", "--input-noise", "0.1"], "--input-noise is not applied"),
+                          (["--threshold", "0.3"], "--threshold")):
+        with pytest.raises(SystemExit) as info:
+            abide_main([*bad, "--out", str(tmp_path / "r"), "--no-progress"])
+        assert info.value.code == 2 and expected in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# logistic regression on every input
+
+
+def test_logistic_all_features_use_training_statistics_only(tiny_cohort):
+    cohort = load_abide_cohort(tiny_cohort, atlas="tt", modalities=["fmri", "smri"], progress=False,
+                               text_fields=["age", "sex", "fiq"])
+    config = AbideConfig(modalities=["fmri", "smri", "text"], text_fields=["age", "sex", "fiq"])
+    rows = np.arange(len(cohort))
+    train = np.arange(16)
+    features, names = logistic_all_features(cohort, config, rows, train)
+    n_conn = 97 * 96 // 2
+    assert names[0] == f"fmri[{n_conn}]" and names[1] == f"smri[{cohort.smri.shape[1]}]"
+    assert {"age", "sex", "fiq"} <= set(names) and np.isfinite(features).all()
+    assert features.shape == (len(cohort), n_conn + cohort.smri.shape[1] + len(names) - 2)
+    # changing a test subject's sMRI and IQ leaves every training subject's features unchanged
+    changed = cohort.subset(rows)
+    test_row = next(i for i in range(16, len(cohort)) if cohort.mask["smri"][i])
+    changed.smri = cohort.smri.copy()
+    changed.smri[test_row] += 1000.0
+    changed.phenotype = {k: v.copy() for k, v in cohort.phenotype.items()}
+    changed.phenotype["fiq"][test_row] = 250.0
+    again, _ = logistic_all_features(changed, config, rows, train)
+    np.testing.assert_allclose(again[train], features[train], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(again[test_row], features[test_row])
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_comparison_writes_paired_table(tmp_path):
+    out = tmp_path / "compare"
+    argv = ["--quick", "--seeds", "1", "--folds", "2", "--methods", "multimodal", "logistic-all", "--threshold", "val",
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert _script("abide_compare").main(argv) == 0
+    table = pd.read_csv(out / "compare.csv")
+    assert list(table["method"]) == ["Multimodal (default command)", "Logistic regression (all inputs)"]
+    ref, other = (json.loads((out / name / "results.json").read_text()) for name in ("multimodal", "logistic-all"))
+    assert [u["unit"] for u in ref["units"]] == [u["unit"] for u in other["units"]] == ["seed0-fold0", "seed0-fold1"]
+    diffs = [o["auc"] - r["auc"] for r, o in zip(ref["units"], other["units"])]
+    row = table.iloc[1]
+    assert row["diff_auc"] == pytest.approx(np.mean(diffs)) and row["diff_n"] == 2
+    assert table.iloc[0]["diff_auc"] == 0.0
+    assert all(0.0 <= u["threshold"] <= 1.0 for u in ref["units"] + other["units"])
+    assert len(ref["units"][0]["val_sigma"]) == 3 and other["units"][0]["val_sigma"] is None
+    assert isinstance(table.iloc[0]["val_sigma"], str) and pd.isna(table.iloc[1]["val_sigma"])
+    text = (out / "compare.md").read_text()
+    assert "Reference: Multimodal (default command)" in text and "not independent" in text
+    assert "Multimodal (default command) (reference)" in text
