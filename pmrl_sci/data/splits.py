@@ -108,15 +108,17 @@ def bnt_split(labels: Sequence[int] | np.ndarray, sites: Sequence[str] | np.ndar
     return np.sort(train_idx), np.sort(rest[val_pos]), np.sort(rest[test_pos])
 
 
-def _safe_keys(labels: np.ndarray, sites: np.ndarray, n_a: int, n_b: int) -> np.ndarray:
+def _safe_keys(labels: np.ndarray, sites: np.ndarray, n_a: int, n_b: int, site_first: bool = True) -> np.ndarray:
     """Strata usable by ``StratifiedShuffleSplit`` for parts of ``n_a`` and ``n_b`` subjects.
 
     The splitter needs every stratum to have 2 members and at most ``min(n_a, n_b)`` strata;
-    when the joint key has too many strata the site alone is used, then the diagnosis, then none.
+    when the joint key has too many strata the site alone is used, then the diagnosis, then none
+    (``site_first=False``: the diagnosis before the site, so that a small validation part keeps both classes).
     """
     limit = min(n_a, n_b)
-    for keys in (stratum_keys(labels, sites, 2), stratum_keys(np.zeros_like(labels), sites, 2),
-                 stratum_keys(labels, np.zeros(len(labels), dtype=str), 2)):
+    by_site = stratum_keys(np.zeros_like(labels), sites, 2)
+    by_label = stratum_keys(labels, np.zeros(len(labels), dtype=str), 2)
+    for keys in (stratum_keys(labels, sites, 2), *((by_site, by_label) if site_first else (by_label, by_site))):
         if len(set(keys)) <= limit:
             return keys
     return np.zeros(len(labels), dtype=str)
@@ -216,7 +218,8 @@ def domain_holdout_split(labels: Sequence[int] | np.ndarray, domains: Sequence[s
 
     The validation part, ``round(val_fraction * n_rest)`` of the ``n_rest`` subjects of the other domains, is a
     stratified shuffle split on the joint ``label x domain`` key (with the fallback of :func:`stratum_keys`), so it
-    holds every training domain in proportion; only the validation draw depends on ``seed``.
+    holds every training domain in proportion (when it is too small for the joint key: stratified by label, so
+    that it keeps both classes, then by domain); only the validation draw depends on ``seed``.
 
     Parameters
     ----------
@@ -269,7 +272,8 @@ def domain_holdout_split(labels: Sequence[int] | np.ndarray, domains: Sequence[s
         raise InputError(f"{option} {','.join(wanted)} leaves {rest.size} subjects for training and validation: "
                          "too few to carve a validation part")
     splitter = StratifiedShuffleSplit(n_splits=1, train_size=n_fit, test_size=n_val, random_state=seed)
-    fit_pos, val_pos = next(splitter.split(rest, _safe_keys(labels[rest], domains[rest], n_fit, n_val)))
+    keys = _safe_keys(labels[rest], domains[rest], n_fit, n_val, site_first=False)
+    fit_pos, val_pos = next(splitter.split(rest, keys))
     return np.sort(rest[fit_pos]), np.sort(rest[val_pos]), np.flatnonzero(held)
 
 
