@@ -86,4 +86,4 @@ def test_bad_site_options_exit_2_with_a_message(tmp_path, cache_dir, capsys, bad
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
-    assert not (tmp_path / "bad" / "done").exists()
+    assert not (tmp_path / "bad" / "config.json").exists()

@@ -458,6 +458,7 @@ def _run_abide(config: AbideConfig, dist_info: DistInfo) -> dict[str, Any]:
         print(f"[pmrl_sci.abide] reusing cached preprocessed data from {cache / 'abide_preprocessed'}")
     resolved = dataclasses.asdict(config) | {"data_root": str(root), "freesurfer_resolved": str(fs_dir),
                                              "simulated_data": simulated, "device_resolved": str(device)}
+    splits = unit_splits(cohort, config)  # bad site options are refused before the run folder is written
     open_run(run, resolved, ignore=("data_root", "freesurfer_resolved"))
     run.write_json("data_report.json", cohort.report | {"sites_as_domains": site_report(config)})
     leaky = config.combat == "paper"
@@ -469,7 +470,6 @@ def _run_abide(config: AbideConfig, dist_info: DistInfo) -> dict[str, Any]:
             return fit_baseline_unit(config, cohort, parts, seed, unit)
         return train_abide_unit(config, cohort, parts, seed, unit, run, device, dist_info)
 
-    splits = unit_splits(cohort, config)
     units = [(unit, (lambda u=unit, s=seed, p=parts: run_one(u, s, p))) for unit, seed, parts in splits]
     results = run_units(run, units, show_progress=config.progress, desc="trials")
     unseen = {unit: unseen_sites(cohort.sites, parts) for unit, _, parts in splits}
