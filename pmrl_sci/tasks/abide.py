@@ -4,14 +4,17 @@ The command-line front end (:mod:`pmrl_sci.abide`) parses options into :class:`A
 calls :func:`run_abide`. Per trial (seed) and fold, :class:`AbideTask` runs through
 :func:`pmrl_sci.engine.train_unit`:
 
-1. split the cohort (BrainNetTF's site-stratified 70/10/20, or K stratified folds);
+1. split the cohort (BrainNetTF's site-stratified 70/10/20, K stratified folds, leave one site out, or
+   ``--test-sites``);
 2. harmonise sMRI with ComBat fitted on the training subjects only (age and sex as
-   covariates), standardise with training statistics (:mod:`pmrl_sci.tasks.abide_data`);
+   covariates; a site absent from training passed through or estimated, ``--combat-unseen``), standardise with
+   training statistics (:mod:`pmrl_sci.tasks.abide_data`);
 3. train BrainNetTF (fMRI), an MLP (sMRI) and a projection of frozen text embeddings, each to
    ``embed_dim``, with cross-entropy on a 3-layer MLP over the averaged modality embeddings
    plus the alignment objective (PMRL, GRAM or VAST) (:mod:`pmrl_sci.tasks.abide_model`);
 4. select the epoch by validation AUC (validation cross-entropy breaks ties), evaluate it once on the test
-   subjects, record the unit's result, so an interrupted run resumes where it stopped.
+   subjects, record the unit's result (with its test predictions, pooled per site in ``results.json``), so an
+   interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
