@@ -57,6 +57,7 @@ def test_test_sites_trains_on_the_rest_and_bnt_reports_per_site_too(tmp_path, ca
     results = _run(out, cache_dir, "--test-sites", "UM_1,NYU")
     assert [u["unit"] for u in results["units"]] == ["seed0-test-NYU+UM_1"]
     assert results["test_sites"] == ["NYU", "UM_1"] and results["unseen_sites"] == ["NYU", "UM_1"]
+    assert json.loads((out / "config.json").read_text())["test_sites"] == "NYU,UM_1"  # recorded canonically
     assert list(results["per_site"]) == ["NYU", "UM_1"]
     assert results["combat_unseen"] == {"mode": "passthrough", "estimated_from_unlabelled_test_subjects": {}}
     assert "passthrough" in json.loads((out / "data_report.json").read_text())["sites_as_domains"]["note"]

@@ -116,7 +116,7 @@ class AbideConfig:
     classification_weight: float = 1.0
     split: str = "bnt"
     folds: int | None = None
-    test_sites: list[str] | str | None = None  # "SITE[,SITE...]" from the command line; a sorted list once checked
+    test_sites: str | None = None  # "SITE[,SITE...]"; sorted and deduplicated once checked (see test_site_list)
     combat_unseen: str = "passthrough"
     seeds: int = 1
     seed: int = 0
@@ -166,11 +166,16 @@ class AbideConfig:
         if self.combat_unseen not in COMBAT_UNSEEN:
             raise InputError(f"--combat-unseen must be one of {list(COMBAT_UNSEEN)}, got {self.combat_unseen!r}")
         if self.test_sites is not None:
-            self.test_sites = parse_sites(self.test_sites)
+            self.test_sites = ",".join(parse_sites(self.test_sites))
         kinds = [name for name, on in (("--split loso", self.split == "loso"), ("--folds", self.folds is not None),
                                        ("--test-sites", bool(self.test_sites))) if on]
         if len(kinds) > 1:
             raise InputError(f"{' and '.join(kinds)} are different splits: choose one")
+
+    @property
+    def test_site_list(self) -> list[str] | None:
+        """``--test-sites`` as a sorted list of site names (None without it)."""
+        return None if self.test_sites is None else parse_sites(self.test_sites)
 
 
 def parse_sites(value: str | list[str]) -> list[str]:
@@ -364,7 +369,7 @@ def unseen_sites(sites: np.ndarray, parts: Mapping[str, np.ndarray]) -> list[str
 
 def site_report(config: AbideConfig) -> dict[str, Any]:
     """What ``data_report.json`` says about site splits and ComBat on sites absent from training."""
-    report: dict[str, Any] = {"split": split_kind(config), "test_sites": config.test_sites,
+    report: dict[str, Any] = {"split": split_kind(config), "test_sites": config.test_site_list,
                               "combat_unseen": config.combat_unseen}
     uses_combat = "smri" in config.modalities and config.combat == "train"
     if uses_combat and config.combat_unseen == "estimate":
@@ -482,7 +487,7 @@ def _run_abide(config: AbideConfig, dist_info: DistInfo) -> dict[str, Any]:
     summary.update(
         objective=config.objective, model=config.model, modalities=config.modalities, n_subjects=len(cohort),
         leaky=leaky,
-        simulated_data=simulated, split=split_kind(config), test_sites=config.test_sites, units=[
+        simulated_data=simulated, split=split_kind(config), test_sites=config.test_site_list, units=[
             {**{k: r[k] for k in ("unit", "seed", "best_epoch", "auc", "accuracy", "sensitivity", "specificity",
                                   "n_train", "n_val", "n_test")}, "unseen_sites": unseen[r["unit"]]}
             for r in results])

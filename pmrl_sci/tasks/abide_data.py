@@ -166,9 +166,10 @@ def unit_splits(cohort: AbideCohort, config: AbideConfig) -> list[tuple[str, int
             for site, (train, val, test) in leave_one_domain_out(cohort.labels, cohort.sites, seed):
                 units.append((f"seed{seed}-site-{domain_unit_name([site])}", seed,
                               {"train": train, "val": val, "test": test}))
-        elif config.test_sites:
-            train, val, test = domain_holdout_split(cohort.labels, cohort.sites, config.test_sites, seed)
-            units.append((f"seed{seed}-test-{domain_unit_name(config.test_sites)}", seed,
+        elif config.test_site_list:
+            sites = config.test_site_list
+            train, val, test = domain_holdout_split(cohort.labels, cohort.sites, sites, seed)
+            units.append((f"seed{seed}-test-{domain_unit_name(sites)}", seed,
                           {"train": train, "val": val, "test": test}))
         elif config.folds:
             folds = stratified_site_folds(cohort.labels, cohort.sites, config.folds, seed)
