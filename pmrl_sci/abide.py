@@ -18,7 +18,15 @@ from pmrl_sci.config import HelpFormatter, parse_dataclass_config
 from pmrl_sci.data.abide.text_fields import EXCLUDED_FIELDS, TEXT_FIELDS
 from pmrl_sci.options import add_objective_options, add_run_options, add_training_options, front_end
 from pmrl_sci.runs import default_run_dir, is_rank_zero
-from pmrl_sci.tasks.abide import ABIDE_MODALITIES, FMRI_CHANNELS, MODELS, AbideConfig, run_abide
+from pmrl_sci.tasks.abide import (
+    ABIDE_MODALITIES,
+    COMBAT_UNSEEN,
+    FMRI_CHANNELS,
+    MODELS,
+    SPLITS,
+    AbideConfig,
+    run_abide,
+)
 from pmrl_sci.tasks.abide_fit import THRESHOLDS
 
 
@@ -47,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--combat", choices=["train", "paper", "off"], default=d.combat,
                       help="ComBat for sMRI: fitted on training subjects (age, sex); 'paper' fits on all subjects "
                            "with diagnosis (leaky, marked in the run folder); or off")
+    data.add_argument("--combat-unseen", choices=list(COMBAT_UNSEEN), default=d.combat_unseen,
+                      help="ComBat on a site with no training subject (--test-sites, --split loso): leave its sMRI "
+                           "unadjusted, or estimate its location and scale from its own subjects' sMRI, age and sex "
+                           "(no diagnosis) with the training fit held fixed (uses the unlabelled test subjects; "
+                           "stated in data_report.json)")
     data.add_argument("--text-model", default=d.text_model,
                       help="local path or cached Hugging Face name of the text model (default: the shipped MiniLM)")
     data.add_argument("--text-fields", nargs="+", default=d.text_fields, metavar="FIELD",
@@ -75,8 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         "epochs": "maximum epochs per trial (default 100 on real data, 30 on the embedded simulated cohort)",
         "patience": "early stopping on validation AUC: stop after this many epochs without improvement; 0: off",
         "lr": "Adam learning rate"})
-    tr.add_argument("--split", choices=["bnt"], default=d.split,
-                    help="BrainNetTF protocol: site-stratified 70/10/20 train/validation/test")
+    tr.add_argument("--split", choices=list(SPLITS), default=d.split,
+                    help="bnt: BrainNetTF protocol, site-stratified 70/10/20 train/validation/test; loso: leave one "
+                         "site out (one unit per site, validation carved from the other sites, stratified by "
+                         "diagnosis x site)")
+    tr.add_argument("--test-sites", default=d.test_sites, metavar="SITE[,SITE...]",
+                    help="test on these sites, train and validate on the others (instead of --split/--folds)")
     tr.add_argument("--folds", type=int, default=d.folds,
                     help="K-fold cross-validation stratified by diagnosis and site instead of --split")
     tr.add_argument("--threshold", choices=list(THRESHOLDS), default=d.threshold,
@@ -111,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"[pmrl_sci.abide] {label} on {'+'.join(results['modalities'])}: "
           f"AUC {auc['mean']:.3f} ± {auc['std']:.3f}, accuracy {acc['mean']:.3f} ± {acc['std']:.3f} "
           f"({auc['n']} run(s)); results in {config.out}")
+    for site, m in results.get("per_site", {}).items():
+        shown = "  ".join(f"{k} {'n/a' if m[k] is None else format(m[k], '.3f')}" for k in ("auc", "accuracy"))
+        print(f"  site {site}: {shown} (n={m['n']}{', unseen in training' if m['unseen_in_training'] else ''})")
     return results
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,6 +97,49 @@ def youden_threshold(y_true: Sequence[int] | np.ndarray, score: Sequence[float] 
     j = np.array([(s[pos] >= t).mean() - (s[neg] >= t).mean() for t in candidates])
     best = np.flatnonzero(np.isclose(j, j.max(), rtol=0.0, atol=1e-12))
     return float(candidates[best[np.argmin(np.abs(candidates[best] - default))]])
+
+
+def per_group_metrics(y_true: Sequence[int] | np.ndarray, score: Sequence[float] | np.ndarray,
+                      groups: Sequence[str] | np.ndarray, threshold: float = 0.5) -> dict[str, dict[str, Any]]:
+    """:func:`binary_classification_metrics` per group (e.g. per acquisition site), JSON-ready.
+
+    Parameters
+    ----------
+    y_true, score : array-like
+        Labels in {0, 1} and predicted probabilities of class 1, one entry per prediction.
+    groups : array-like of str
+        Group of each prediction.
+    threshold : float
+        Decision threshold on ``score``.
+
+    Returns
+    -------
+    dict
+        ``{group: {"auc", "accuracy", "sensitivity", "specificity", "n", "n_positive"}}`` in sorted group
+        order. A metric undefined for a group (the AUC, sensitivity or specificity of a group holding one class)
+        is ``None`` (never NaN), and ``"undefined": {metric: reason}`` says why.
+    """
+    y_true, score, groups = np.asarray(y_true).astype(int), np.asarray(score, dtype=float), np.asarray(groups)
+    if not y_true.shape == score.shape == groups.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true, score and groups must be 1-D of the same length, got {y_true.shape}, "
+                         f"{score.shape} and {groups.shape}")
+    out: dict[str, dict[str, Any]] = {}
+    for group in sorted({str(g) for g in groups.tolist()}):
+        rows = groups.astype(str) == group
+        labels = y_true[rows]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedAUCWarning)
+            metrics: dict[str, Any] = binary_classification_metrics(labels, score[rows], threshold)
+        n_pos = int(labels.sum())
+        reasons = {"auc": f"all {len(labels)} predictions have label {sorted(set(labels.tolist()))}: an AUC needs "
+                          "both classes",
+                   "sensitivity": "no prediction has label 1", "specificity": "no prediction has label 0"}
+        undefined = {k: reason for k, reason in reasons.items() if not np.isfinite(metrics[k])}
+        metrics = {k: (None if k in undefined else v) for k, v in metrics.items()}
+        out[group] = {**metrics, "n": int(rows.sum()), "n_positive": n_pos}
+        if undefined:
+            out[group]["undefined"] = undefined
+    return out
 
 
 def roc_points(y_true: Sequence[int] | np.ndarray, score: Sequence[float] | np.ndarray) -> dict[str, list[float]]:

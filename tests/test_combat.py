@@ -201,3 +201,56 @@ def test_constant_feature_passes_through():
     np.testing.assert_array_equal(out[:, 2], 0.0)
     assert model.constant_features_.tolist() == [False, False, True, False, False, False]
     assert np.isfinite(out).all()
+
+
+def _residual_site_gap(out: np.ndarray, sites: np.ndarray, cov: pd.DataFrame, site: str) -> float:
+    """Mean absolute gap between ``site``'s mean and the other sites' mean, after the known age and sex effects."""
+    resid = out - 0.3 * cov["age"].to_numpy()[:, None] - 1.5 * (cov["sex"].to_numpy()[:, None] == 2)
+    mine = sites == site
+    return float(np.abs(resid[mine].mean(axis=0) - resid[~mine].mean(axis=0)).mean())
+
+
+def test_unseen_site_estimate_removes_its_shift_and_passthrough_keeps_it():
+    X, sites, cov = simulate({"A": 40, "C": 40, "D": 40, "B": 40}, seed=11)
+    seen = sites != "B"  # B: +3 shift, 1.8x scale, never in the fit
+    cov.loc[~seen, "age"] += 10.0  # the unseen site is older: its age effect must be kept, not removed as site
+    X[~seen] += 3.0  # the age effect of the extra 10 years
+    fit = (X[seen], sites[seen], cov[seen].reset_index(drop=True), ["sex"], ["age"])
+    raw_gap = _residual_site_gap(X, sites, cov, "B")
+    assert raw_gap > 2.0
+    passthrough = ComBat(unseen_site="passthrough").fit(*fit)
+    with pytest.warns(UserWarning, match="not seen in fit"):
+        out_pass = passthrough.transform(X, sites, cov)
+    np.testing.assert_array_equal(out_pass[~seen], X[~seen])  # the shift stays
+    assert passthrough.unseen_sites_ == {"B": 40}
+    for kwargs in ({}, {"eb": False}, {"parametric": False}):
+        model = ComBat(unseen_site="estimate", **kwargs).fit(*fit)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no pass-through warning: the site is harmonised
+            out = model.transform(X, sites, cov)
+        assert model.unseen_sites_ == {"B": 40}
+        assert _residual_site_gap(out, sites, cov, "B") < 0.1 * raw_gap, kwargs
+        # the scale too: B's within-site spread now matches the seen sites'
+        resid = out - 0.3 * cov["age"].to_numpy()[:, None]
+        ratio = resid[~seen].std(axis=0).mean() / resid[sites == "A"].std(axis=0).mean()
+        assert 0.7 < ratio < 1.4, (kwargs, ratio)
+        # seen sites are harmonised exactly as without unseen subjects
+        np.testing.assert_allclose(out[seen], model.transform(X[seen], sites[seen], cov[seen]), atol=1e-12)
+
+
+def test_unseen_site_estimate_matches_a_refit_location_and_leaves_a_single_subject_unadjusted():
+    X, sites, cov = simulate({"A": 30, "C": 30, "B": 30}, seed=5)
+    seen = sites != "B"
+    model = ComBat(unseen_site="estimate", eb=False).fit(X[seen], sites[seen], cov[seen], ["sex"], ["age"])
+    out = model.transform(X, sites, cov)
+    # without empirical Bayes, B's harmonised standardised data has mean 0 and variance 1 (ddof 1) per feature
+    mod = cov["age"].to_numpy()[:, None] * model.beta_[-1] + (cov["sex"].to_numpy()[:, None] == 2) * model.beta_[0]
+    s = (out - model.grand_mean_ - mod) / np.sqrt(model.var_pooled_)
+    np.testing.assert_allclose(s[~seen].mean(axis=0), 0.0, atol=1e-9)
+    np.testing.assert_allclose(s[~seen].var(axis=0, ddof=1), 1.0, atol=1e-9)
+    one = np.flatnonzero(~seen)[:1]
+    rows = np.concatenate([np.flatnonzero(seen), one])
+    out_one = model.transform(X[rows], sites[rows], cov.iloc[rows].reset_index(drop=True))
+    np.testing.assert_array_equal(out_one[-1], X[one[0]])  # one subject cannot separate a site effect
+    with pytest.raises(ValueError, match="'estimate'"):
+        ComBat(unseen_site="guess").fit(X, sites, cov, ["sex"], ["age"])

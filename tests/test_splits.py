@@ -7,9 +7,16 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pmrl_sci.data.splits import bnt_split, stratified_site_folds, stratum_keys
+from pmrl_sci.data.splits import (
+    bnt_split,
+    domain_holdout_split,
+    domain_unit_name,
+    leave_one_domain_out,
+    stratified_site_folds,
+    stratum_keys,
+)
 from pmrl_sci.errors import InputError
-from pmrl_sci.metrics import UndefinedAUCWarning, binary_classification_metrics
+from pmrl_sci.metrics import UndefinedAUCWarning, binary_classification_metrics, per_group_metrics
 
 
 def _cohort(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -95,3 +102,62 @@ def test_auc_of_one_class_warns() -> None:
                                                   r"label \[0\]"):
         metrics = binary_classification_metrics([0, 0, 0], [0.2, 0.4, 0.9])
     assert np.isnan(metrics["auc"]) and metrics["specificity"] == pytest.approx(2 / 3)
+
+
+def test_domain_holdout_split_tests_on_whole_sites_and_validates_on_the_others() -> None:
+    labels, sites = _cohort(200)
+    train, val, test = domain_holdout_split(labels, sites, ["USM", "PITT"], seed=1)
+    np.testing.assert_array_equal(test, np.flatnonzero(np.isin(sites, ["USM", "PITT"])))
+    assert set(sites[train]) == set(sites[val]) == {"NYU", "UM_1"}
+    rest = np.flatnonzero(~np.isin(sites, ["USM", "PITT"]))
+    assert len(val) == round(0.125 * len(rest)) and sorted(np.concatenate([train, val])) == rest.tolist()
+    for site in ("NYU", "UM_1"):  # stratified by site x diagnosis
+        for label in (0, 1):
+            share = np.mean((sites[rest] == site) & (labels[rest] == label))
+            assert abs(np.sum((sites[val] == site) & (labels[val] == label)) - share * len(val)) <= 1.0
+    again = domain_holdout_split(labels, sites, ["PITT", "USM"], seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip((train, val, test), again))
+    other = domain_holdout_split(labels, sites, ["USM", "PITT"], seed=2)
+    assert np.array_equal(other[2], test) and not np.array_equal(other[1], val)
+
+
+def test_domain_holdout_split_refuses_unknown_sites_and_one_class_training() -> None:
+    labels, sites = _cohort(100)
+    with pytest.raises(InputError, match=r"--test-sites: unknown site\(s\) \['CALTECH'\]; the sites available are "
+                                         r"NYU, PITT, UM_1, USM"):
+        domain_holdout_split(labels, sites, ["NYU", "CALTECH"], seed=0)
+    with pytest.raises(InputError, match="leaves no site for training"):
+        domain_holdout_split(labels, sites, ["NYU", "PITT", "UM_1", "USM"], seed=0)
+    labels = np.where(sites == "NYU", 0, 1)  # every control is at NYU
+    with pytest.raises(InputError, match=r"--test-sites NYU leaves a training part without label\(s\) \[0\].*"
+                                         "the sites available are NYU, PITT, UM_1, USM"):
+        domain_holdout_split(labels, sites, ["NYU"], seed=0)
+    with pytest.raises(InputError, match="--split loso NYU leaves a training part without"):
+        leave_one_domain_out(labels, sites, seed=0)
+    with pytest.raises(InputError, match="--split loso needs at least two sites"):
+        leave_one_domain_out(labels, np.full(len(labels), "NYU"), seed=0)
+
+
+def test_leave_one_domain_out_has_one_split_per_site_and_tests_everyone_once() -> None:
+    labels, sites = _cohort(200)
+    splits = leave_one_domain_out(labels, sites, seed=0)
+    assert [site for site, _ in splits] == ["NYU", "PITT", "UM_1", "USM"]
+    tested = np.concatenate([test for _, (_, _, test) in splits])
+    assert sorted(tested.tolist()) == list(range(200))
+    for site, (train, val, test) in splits:
+        assert set(sites[test]) == {site} and site not in set(sites[train]) | set(sites[val])
+        assert set(labels[train]) == {0, 1} and len(val) > 0
+    assert domain_unit_name(["UCLA_1", "NYU", "NYU"]) == "NYU+UCLA_1" and domain_unit_name(["a/b c"]) == "a_b_c"
+
+
+def test_per_group_metrics_reports_undefined_metrics_as_null_with_a_reason() -> None:
+    labels = np.array([0, 1, 0, 1, 1, 1])
+    scores = np.array([0.2, 0.8, 0.6, 0.4, 0.9, 0.3])
+    groups = np.array(["A", "A", "A", "A", "B", "B"])
+    out = per_group_metrics(labels, scores, groups)
+    assert list(out) == ["A", "B"]
+    assert out["A"] == {"auc": 0.75, "accuracy": 0.5, "sensitivity": 0.5, "specificity": 0.5, "n": 4,
+                        "n_positive": 2}
+    assert out["B"]["auc"] is None and out["B"]["specificity"] is None and out["B"]["accuracy"] == 0.5
+    assert out["B"]["sensitivity"] == 0.5 and out["B"]["n"] == 2
+    assert set(out["B"]["undefined"]) == {"auc", "specificity"} and "both classes" in out["B"]["undefined"]["auc"]

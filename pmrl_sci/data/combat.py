@@ -96,9 +96,15 @@ class ComBat(BaseEstimator):
         Shrink the site estimates by empirical Bayes; ``False`` uses the raw per-site estimates.
     mean_only : bool
         Adjust the site location only (``delta* = 1``).
-    unseen_site : {"error", "passthrough"}
-        ``transform`` on a site absent from fit: raise (default), or return those subjects unadjusted
-        with a warning (with ``gamma* = 0, delta* = 1`` the standardisation and its inverse cancel).
+    unseen_site : {"error", "passthrough", "estimate"}
+        ``transform`` on a site absent from fit: raise (default); return those subjects unadjusted
+        with a warning (``"passthrough"``: with ``gamma* = 0, delta* = 1`` the standardisation and its
+        inverse cancel); or (``"estimate"``) estimate that site's location and scale from its own subjects in
+        the ``X`` given to ``transform`` (no labels needed): the standard ComBat estimation for one new batch
+        with the fit's grand mean, pooled variance and covariate coefficients held fixed, i.e. the model of
+        ``neuroCombatFromTraining`` (standardise with the training fit, then ``gamma_hat``/``delta_hat`` and
+        the same empirical Bayes shrinkage, its priors from that site's own estimates). A new site with one
+        subject is left unadjusted, as in fit.
     conv : float
         Convergence threshold of the parametric iteration (relative change, neuroCombat's 1e-4).
     max_iter : int
@@ -122,6 +128,8 @@ class ComBat(BaseEstimator):
         Features with zero pooled variance (passed through).
     feature_names_in_ : numpy.ndarray of str
         Only when ``X`` was a DataFrame.
+    unseen_sites_ : dict of str to int
+        After ``transform``: the sites absent from fit in its input and their subject counts.
     """
 
     def __init__(self, parametric: bool = True, eb: bool = True, mean_only: bool = False,
@@ -251,8 +259,8 @@ class ComBat(BaseEstimator):
 
     def _fit(self, X: Any, sites: Any, covariates: pd.DataFrame | None, categorical: Sequence[str],
              continuous: Sequence[str]) -> np.ndarray:
-        if self.unseen_site not in ("error", "passthrough"):
-            raise ValueError(f"unseen_site must be 'error' or 'passthrough', got {self.unseen_site!r}")
+        if self.unseen_site not in ("error", "passthrough", "estimate"):
+            raise ValueError(f"unseen_site must be 'error', 'passthrough' or 'estimate', got {self.unseen_site!r}")
         categorical, continuous = list(categorical), list(continuous)
         both = sorted(set(categorical) & set(continuous))
         if both:
@@ -322,22 +330,32 @@ class ComBat(BaseEstimator):
         self.gamma_star_ = np.zeros((n_sites, p))
         self.delta_star_ = np.ones((n_sites, p))
         for i in range(n_sites):
-            rows = s[site_index == i]
-            self.gamma_hat_[i] = rows.mean(axis=0)
-            if singletons[i]:
-                continue
-            if not self.mean_only:
-                delta = rows.var(axis=0, ddof=1)
-                self.delta_hat_[i] = np.where(delta == 0, 1.0, delta)  # neuroCombat's convert_zeroes
-            g_hat, d_hat = self.gamma_hat_[i, active], self.delta_hat_[i, active]
-            if not self.eb:
-                g_star, d_star = g_hat, d_hat
-            elif self.parametric:
-                g_star, d_star = self._parametric(rows[:, active], g_hat, d_hat)
-            else:
-                g_star, d_star = _non_parametric(rows[:, active], g_hat, d_hat)
-            self.gamma_star_[i, active] = g_star
-            self.delta_star_[i, active] = d_star
+            estimates = self._one_site(s[site_index == i], active)
+            self.gamma_hat_[i], self.delta_hat_[i], self.gamma_star_[i], self.delta_star_[i] = estimates
+
+    def _one_site(self, rows: np.ndarray, active: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``gamma_hat, delta_hat, gamma_star, delta_star`` of one site from its standardised ``rows``.
+
+        A single subject gives ``gamma* = 0, delta* = 1`` (left unadjusted); inactive (constant) features too.
+        """
+        p = rows.shape[1]
+        gamma_hat, delta_hat = rows.mean(axis=0), np.ones(p)
+        gamma_star, delta_star = np.zeros(p), np.ones(p)
+        if rows.shape[0] < 2:
+            return gamma_hat, delta_hat, gamma_star, delta_star
+        if not self.mean_only:
+            delta = rows.var(axis=0, ddof=1)
+            delta_hat = np.where(delta == 0, 1.0, delta)  # neuroCombat's convert_zeroes
+        g_hat, d_hat = gamma_hat[active], delta_hat[active]
+        if not self.eb:
+            g_star, d_star = g_hat, d_hat
+        elif self.parametric:
+            g_star, d_star = self._parametric(rows[:, active], g_hat, d_hat)
+        else:
+            g_star, d_star = _non_parametric(rows[:, active], g_hat, d_hat)
+        gamma_star[active], delta_star[active] = g_star, d_star
+        return gamma_hat, delta_hat, gamma_star, delta_star
 
     def _parametric(self, rows: np.ndarray, g_hat: np.ndarray, d_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """neuroCombat's ``find_parametric_adjustments`` for one site (``it_sol`` with a sound stop rule)."""
@@ -399,13 +417,21 @@ class ComBat(BaseEstimator):
             if self.unseen_site == "error":
                 raise ValueError(f"sites: {names} were not in the fit data (fitted sites {list(self.sites_)}); "
                                  "refit including them, or use ComBat(unseen_site='passthrough')")
-            warnings.warn(f"ComBat: site(s) {names} not seen in fit: {int(unseen.sum())} subject(s) returned "
-                          "unadjusted", stacklevel=2)
+            if self.unseen_site == "passthrough":
+                warnings.warn(f"ComBat: site(s) {names} not seen in fit: {int(unseen.sum())} subject(s) returned "
+                              "unadjusted", stacklevel=2)
+        self.unseen_sites_ = {str(name): int((site_labels == name).sum()) for name in sorted(set(site_labels[unseen]))}
         gamma = np.where(unseen[:, None], 0.0, self.gamma_star_[np.maximum(site_index, 0)])
         delta = np.where(unseen[:, None], 1.0, self.delta_star_[np.maximum(site_index, 0)])
         s = (x - self.grand_mean_ - mod_mean) / np.sqrt(self.var_pooled_)
+        passthrough = unseen.copy()
+        if self.unseen_site == "estimate":  # each new site's own gamma*/delta* with the fit's pooled parameters
+            for name in self.unseen_sites_:
+                rows = site_labels == name
+                _, _, gamma[rows], delta[rows] = self._one_site(s[rows], ~self.constant_features_)
+                passthrough[rows] = rows.sum() < 2
         adjusted = (s - gamma) / np.sqrt(delta) * np.sqrt(self.var_pooled_) + self.grand_mean_ + mod_mean
-        adjusted[unseen] = x[unseen]  # exact identity (no round-off) for unadjusted subjects
+        adjusted[passthrough] = x[passthrough]  # exact identity (no round-off) for unadjusted subjects
         return self._wrap(X, adjusted)
 
     @staticmethod

@@ -12,6 +12,7 @@ stratified by class when every row has a label); :func:`few_shot_indices` draws 
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -107,15 +108,17 @@ def bnt_split(labels: Sequence[int] | np.ndarray, sites: Sequence[str] | np.ndar
     return np.sort(train_idx), np.sort(rest[val_pos]), np.sort(rest[test_pos])
 
 
-def _safe_keys(labels: np.ndarray, sites: np.ndarray, n_a: int, n_b: int) -> np.ndarray:
+def _safe_keys(labels: np.ndarray, sites: np.ndarray, n_a: int, n_b: int, site_first: bool = True) -> np.ndarray:
     """Strata usable by ``StratifiedShuffleSplit`` for parts of ``n_a`` and ``n_b`` subjects.
 
     The splitter needs every stratum to have 2 members and at most ``min(n_a, n_b)`` strata;
-    when the joint key has too many strata the site alone is used, then the diagnosis, then none.
+    when the joint key has too many strata the site alone is used, then the diagnosis, then none
+    (``site_first=False``: the diagnosis before the site, so that a small validation part keeps both classes).
     """
     limit = min(n_a, n_b)
-    for keys in (stratum_keys(labels, sites, 2), stratum_keys(np.zeros_like(labels), sites, 2),
-                 stratum_keys(labels, np.zeros(len(labels), dtype=str), 2)):
+    by_site = stratum_keys(np.zeros_like(labels), sites, 2)
+    by_label = stratum_keys(labels, np.zeros(len(labels), dtype=str), 2)
+    for keys in (stratum_keys(labels, sites, 2), *((by_site, by_label) if site_first else (by_label, by_site))):
         if len(set(keys)) <= limit:
             return keys
     return np.zeros(len(labels), dtype=str)
@@ -196,6 +199,104 @@ def stratified_site_folds(labels: Sequence[int] | np.ndarray, sites: Sequence[st
                                                                       n_fit, n_val)))
         folds.append((np.sort(train_idx[fit_pos]), np.sort(train_idx[val_pos]), np.sort(test_idx)))
     return folds
+
+
+# -- domain (site) splits: hold out whole domains ------------------------------------------------------------
+#: share of the training domains' subjects held out for validation (BrainNetTF's 70:10 train:validation ratio)
+DOMAIN_VAL_FRACTION = 0.125
+
+
+def domain_unit_name(domains: Sequence[str]) -> str:
+    """A stable, file-name-safe name for a set of held-out domains (sorted, joined by ``+``)."""
+    return "+".join(re.sub(r"[^A-Za-z0-9_.-]", "_", str(d)) for d in sorted({str(d) for d in domains}))
+
+
+def domain_holdout_split(labels: Sequence[int] | np.ndarray, domains: Sequence[str] | np.ndarray,
+                         test_domains: Sequence[str], seed: int, val_fraction: float = DOMAIN_VAL_FRACTION,
+                         option: str = "--test-sites") -> Split:
+    """Test on every subject of ``test_domains``; train and validate on the other domains.
+
+    The validation part, ``round(val_fraction * n_rest)`` of the ``n_rest`` subjects of the other domains, is a
+    stratified shuffle split on the joint ``label x domain`` key (with the fallback of :func:`stratum_keys`), so it
+    holds every training domain in proportion (when it is too small for the joint key: stratified by label, so
+    that it keeps both classes, then by domain); only the validation draw depends on ``seed``.
+
+    Parameters
+    ----------
+    labels, domains : array-like
+        Class label and domain (e.g. acquisition site) per subject.
+    test_domains : sequence of str
+        Domains held out for testing.
+    seed : int
+        Random state of the validation draw.
+    val_fraction : float
+        Validation share of the training domains' subjects (0: no validation part).
+    option : str
+        Command-line option named in error messages.
+
+    Returns
+    -------
+    train_idx, val_idx, test_idx : ndarray of int
+        Sorted, disjoint, covering ``range(N)``; no training or validation subject is from a test domain.
+
+    Raises
+    ------
+    InputError
+        When a test domain is unknown (the message lists the domains available), when no domain is left for
+        training, or when the training part lacks a class.
+    """
+    labels, domains = _check(labels, domains)
+    domains = domains.astype(str)
+    available = sorted(set(domains.tolist()))
+    wanted = sorted({str(d) for d in test_domains})
+    unknown = [d for d in wanted if d not in available]
+    if not wanted or unknown:
+        raise InputError(f"{option}: unknown site(s) {unknown or wanted}; the sites available are "
+                         f"{', '.join(available)}")
+    held = np.isin(domains, wanted)
+    rest = np.flatnonzero(~held)
+    if rest.size == 0:
+        raise InputError(f"{option} {','.join(wanted)} leaves no site for training; the sites available are "
+                         f"{', '.join(available)}")
+    classes, rest_classes = sorted(set(labels.tolist())), set(labels[rest].tolist())
+    if len(rest_classes) < len(classes):
+        missing = [c for c in classes if c not in rest_classes]
+        raise InputError(f"{option} {','.join(wanted)} leaves a training part without label(s) {missing} (training "
+                         f"sites: {', '.join(sorted(set(domains[rest].tolist())))}); hold out fewer sites (the sites "
+                         f"available are {', '.join(available)})")
+    n_val = int(round(val_fraction * rest.size))
+    if val_fraction <= 0 or n_val == 0:
+        return np.sort(rest), np.array([], dtype=int), np.flatnonzero(held)
+    n_fit = rest.size - n_val
+    if n_fit < 2:
+        raise InputError(f"{option} {','.join(wanted)} leaves {rest.size} subjects for training and validation: "
+                         "too few to carve a validation part")
+    splitter = StratifiedShuffleSplit(n_splits=1, train_size=n_fit, test_size=n_val, random_state=seed)
+    keys = _safe_keys(labels[rest], domains[rest], n_fit, n_val, site_first=False)
+    fit_pos, val_pos = next(splitter.split(rest, keys))
+    return np.sort(rest[fit_pos]), np.sort(rest[val_pos]), np.flatnonzero(held)
+
+
+def leave_one_domain_out(labels: Sequence[int] | np.ndarray, domains: Sequence[str] | np.ndarray, seed: int,
+                         val_fraction: float = DOMAIN_VAL_FRACTION, option: str = "--split loso"
+                         ) -> list[tuple[str, Split]]:
+    """One split per domain: test on that domain, train and validate on the others (:func:`domain_holdout_split`).
+
+    Returns
+    -------
+    list of (domain, (train_idx, val_idx, test_idx))
+        In sorted domain order; the test parts partition ``range(N)``.
+
+    Raises
+    ------
+    InputError
+        When there are fewer than two domains, or leaving a domain out leaves a training part without a class.
+    """
+    labels, domains = _check(labels, domains)
+    available = sorted(set(np.asarray(domains).astype(str).tolist()))
+    if len(available) < 2:
+        raise InputError(f"{option} needs at least two sites, got {available}")
+    return [(d, domain_holdout_split(labels, domains, [d], seed, val_fraction, option)) for d in available]
 
 
 # -- manifest rows (retrieval): train / validation / test and few-shot draws ----------------------------------

@@ -4,14 +4,17 @@ The command-line front end (:mod:`pmrl_sci.abide`) parses options into :class:`A
 calls :func:`run_abide`. Per trial (seed) and fold, :class:`AbideTask` runs through
 :func:`pmrl_sci.engine.train_unit`:
 
-1. split the cohort (BrainNetTF's site-stratified 70/10/20, or K stratified folds);
+1. split the cohort (BrainNetTF's site-stratified 70/10/20, K stratified folds, leave one site out, or
+   ``--test-sites``);
 2. harmonise sMRI with ComBat fitted on the training subjects only (age and sex as
-   covariates), standardise with training statistics (:mod:`pmrl_sci.tasks.abide_data`);
+   covariates; a site absent from training passed through or estimated, ``--combat-unseen``), standardise with
+   training statistics (:mod:`pmrl_sci.tasks.abide_data`);
 3. train BrainNetTF (fMRI), an MLP (sMRI) and a projection of frozen text embeddings, each to
    ``embed_dim``, with cross-entropy on a 3-layer MLP over the averaged modality embeddings
    plus the alignment objective (PMRL, GRAM or VAST) (:mod:`pmrl_sci.tasks.abide_model`);
 4. select the epoch by validation AUC (validation cross-entropy breaks ties), evaluate it once on the test
-   subjects, record the unit's result, so an interrupted run resumes where it stopped.
+   subjects, record the unit's result (with its test predictions, pooled per site in ``results.json``), so an
+   interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ MODELS = ("multimodal", *ENCODER_BASELINES, *FIT_BASELINES)
 #: the default command finishes in minutes on a laptop CPU (early stopping applies to both)
 REAL_DATA_EPOCHS = 100
 EMBEDDED_EPOCHS = 30
+#: --split choices (--folds and --test-sites are the other split kinds) and --combat-unseen choices
+SPLITS = ("bnt", "loso")
+COMBAT_UNSEEN = ("passthrough", "estimate")
 
 
 
@@ -112,6 +118,8 @@ class AbideConfig:
     classification_weight: float = 1.0
     split: str = "bnt"
     folds: int | None = None
+    test_sites: str | None = None  # "SITE[,SITE...]"; sorted and deduplicated once checked (see test_site_list)
+    combat_unseen: str = "passthrough"
     seeds: int = 1
     seed: int = 0
     epochs: int | None = None
@@ -146,6 +154,7 @@ class AbideConfig:
             raise InputError(f"--model must be one of {list(MODELS)}, got {self.model!r}")
         if self.folds is not None and self.folds < 2:
             raise InputError(f"--folds must be >= 2, got {self.folds}")
+        self._check_site_options()
         check_run_options(self)
         check_objective_options(self, len(self.modalities))
         if not 0.0 <= self.label_noise <= 1.0:
@@ -163,6 +172,31 @@ class AbideConfig:
                              "would stay clean); use --model logistic or the multimodal model")
 
 
+    def _check_site_options(self) -> None:
+        """``--split``, ``--test-sites`` (a list, or one comma-separated string) and ``--combat-unseen``."""
+        if self.split not in SPLITS:
+            raise InputError(f"--split must be one of {list(SPLITS)}, got {self.split!r}")
+        if self.combat_unseen not in COMBAT_UNSEEN:
+            raise InputError(f"--combat-unseen must be one of {list(COMBAT_UNSEEN)}, got {self.combat_unseen!r}")
+        if self.test_sites is not None:
+            self.test_sites = ",".join(parse_sites(self.test_sites))
+        kinds = [name for name, on in (("--split loso", self.split == "loso"), ("--folds", self.folds is not None),
+                                       ("--test-sites", bool(self.test_sites))) if on]
+        if len(kinds) > 1:
+            raise InputError(f"{' and '.join(kinds)} are different splits: choose one")
+
+    @property
+    def test_site_list(self) -> list[str] | None:
+        """``--test-sites`` as a sorted list of site names (None without it)."""
+        return None if self.test_sites is None else parse_sites(self.test_sites)
+
+
+def parse_sites(value: str | list[str]) -> list[str]:
+    """``--test-sites``: ``"SITE[,SITE...]"`` (or a list of such strings) as a sorted list of unique site names."""
+    parts = [part.strip() for item in ([value] if isinstance(value, str) else value) for part in str(item).split(",")]
+    if not parts or any(not part for part in parts):
+        raise InputError(f"--test-sites expects SITE[,SITE...] (comma-separated site names), got {value!r}")
+    return sorted(set(parts))
 
 
 # ----------------------------------------------------------------------------------------
@@ -263,7 +297,8 @@ class AbideTask(Task):
         val = evaluate(self.model, self.val_loader, self.device)
         test = evaluate(self.model, self.test_loader, self.device)
         metrics = thresholded_metrics(self.config.threshold, val["label"], val["prob"], test["label"], test["prob"])
-        return {**metrics,
+        predictions = test_predictions(self.cohort, self.arrays["test"].index, test["prob"])
+        return {**metrics, "predictions": predictions,
                 "val_sigma": val["sigma"].mean(axis=0).tolist() if val["sigma"] is not None else None,
                 "roc": roc_points(test["label"], test["prob"]) if len(set(test["label"])) == 2 else None,
                 "test_sigma": test["sigma"].tolist() if test["sigma"] is not None else None,
@@ -285,6 +320,13 @@ def train_abide_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[st
     return {"unit": unit, "seed": seed, "best_epoch": best.epoch, "best_val": best.score,
             "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"]),
             **best.test, "prep": task.info}
+
+
+def test_predictions(cohort: AbideCohort, subjects: np.ndarray, prob: np.ndarray) -> dict[str, list[Any]]:
+    """Each test subject's index, site, label and predicted probability (for the per-site results)."""
+    subjects = np.asarray(subjects, dtype=int)
+    return {"subject": subjects.tolist(), "site": [str(s) for s in cohort.sites[subjects]],
+            "label": cohort.labels[subjects].astype(int).tolist(), "prob": np.asarray(prob, dtype=float).tolist()}
 
 
 #: the name benchmarks and older callers use
@@ -328,8 +370,68 @@ def fit_baseline_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[s
     return {"unit": unit, "seed": seed, "best_epoch": int(fit_info.get("best_epoch", -1)), "best_val": best_val,
             "n_train": len(local["train"]), "n_val": len(local["val"]), "n_test": len(local["test"]),
             "excluded_no_fmri": int(sum(len(parts[n]) - len(kept[n]) for n in order)), **metrics,
+            "predictions": test_predictions(cohort, subjects[local["test"]], prob),
             "roc": roc_points(test_labels, prob) if len(set(test_labels)) == 2 else None, "test_sigma": None,
             "prep": info | {"fit": {k: v for k, v in fit_info.items() if k != "scores"}}}
+
+
+def split_kind(config: AbideConfig) -> str:
+    """``"loso"``, ``"test-sites"``, ``"folds"`` or ``"bnt"``."""
+    return ("loso" if config.split == "loso" else "test-sites" if config.test_sites else
+            "folds" if config.folds else "bnt")
+
+
+def unseen_sites(sites: np.ndarray, parts: Mapping[str, np.ndarray]) -> list[str]:
+    """Sites of a unit's test part with no subject in its training part (sorted)."""
+    return sorted(set(sites[parts["test"]].tolist()) - set(sites[parts["train"]].tolist()))
+
+
+def site_report(config: AbideConfig) -> dict[str, Any]:
+    """What ``data_report.json`` says about site splits and ComBat on sites absent from training."""
+    report: dict[str, Any] = {"split": split_kind(config), "test_sites": config.test_site_list,
+                              "combat_unseen": config.combat_unseen}
+    uses_combat = "smri" in config.modalities and config.combat == "train"
+    if uses_combat and config.combat_unseen == "estimate":
+        report["note"] = ("--combat-unseen estimate: the sMRI of subjects from sites with no training subject (the "
+                          "held-out test sites) was used WITHOUT their diagnosis labels (sMRI, age and sex only) to "
+                          "estimate their site's ComBat location and scale, the training fit held fixed; per unit "
+                          "see prep.combat.unlabelled_estimation in done/<unit>.json and combat_unseen in "
+                          "results.json")
+    elif uses_combat:
+        report["note"] = ("--combat-unseen passthrough: sMRI of sites with no training subject is not harmonised "
+                          "(ComBat returns it unadjusted) before standardisation with training statistics")
+    return report
+
+
+def per_site_results(results: list[dict[str, Any]], unseen: Mapping[str, list[str]]) -> dict[str, Any]:
+    """``per_site`` metrics and the ``unseen_sites`` of a run, pooled over its units.
+
+    Every unit's test predictions are pooled: over the units of one seed each subject is tested at most once
+    (folds and ``--split loso`` test every subject once, the BrainNetTF split and ``--test-sites`` some), so a
+    subject's prediction is counted once per seed; the metrics of a site (AUC, accuracy, sensitivity,
+    specificity, ``n`` = pooled predictions) are computed on all its pooled predictions together, across seeds.
+    A metric undefined for a site (one class only) is ``null`` with the reason under ``undefined``. A site is
+    ``unseen_in_training`` when no unit that tested it had one of its subjects in its training part;
+    ``unseen_sites`` lists the sites that some unit tested without having trained on them. Units recorded
+    without predictions (by an older version) are left out and named under ``per_site_missing_units``.
+    """
+    from pmrl_sci.metrics import per_group_metrics
+
+    pooled = [r for r in results if r.get("predictions")]
+    out: dict[str, Any] = {"unseen_sites": sorted({site for sites in unseen.values() for site in sites})}
+    missing = [r["unit"] for r in results if not r.get("predictions")]
+    if missing:
+        out["per_site_missing_units"] = missing
+    if not pooled:
+        out["per_site"] = {}
+        return out
+    column = {key: [v for r in pooled for v in r["predictions"][key]] for key in ("site", "label", "prob")}
+    per_site = per_group_metrics(column["label"], column["prob"], column["site"])
+    tested_seen = {site for r in pooled for site in r["predictions"]["site"] if site not in unseen.get(r["unit"], [])}
+    for site, entry in per_site.items():
+        entry["unseen_in_training"] = site not in tested_seen
+    out["per_site"] = per_site
+    return out
 
 
 def resolve_model(config: AbideConfig) -> AbideConfig:
@@ -385,8 +487,9 @@ def _run_abide(config: AbideConfig, dist_info: DistInfo) -> dict[str, Any]:
         print(f"[pmrl_sci.abide] reusing cached preprocessed data from {cache / 'abide_preprocessed'}")
     resolved = dataclasses.asdict(config) | {"data_root": str(root), "freesurfer_resolved": str(fs_dir),
                                              "simulated_data": simulated, "device_resolved": str(device)}
+    splits = unit_splits(cohort, config)  # bad site options are refused before the run folder is written
     open_run(run, resolved, ignore=("data_root", "freesurfer_resolved"))
-    run.write_json("data_report.json", cohort.report)
+    run.write_json("data_report.json", cohort.report | {"sites_as_domains": site_report(config)})
     leaky = config.combat == "paper"
     if leaky:
         run.write_text("LEAKY.txt", "ComBat was fitted on all subjects with diagnosis as a covariate (--combat paper):"
@@ -396,19 +499,24 @@ def _run_abide(config: AbideConfig, dist_info: DistInfo) -> dict[str, Any]:
             return fit_baseline_unit(config, cohort, parts, seed, unit)
         return train_abide_unit(config, cohort, parts, seed, unit, run, device, dist_info)
 
-    units = [(unit, (lambda u=unit, s=seed, p=parts: run_one(u, s, p))) for unit, seed, parts in
-             unit_splits(cohort, config)]
+    units = [(unit, (lambda u=unit, s=seed, p=parts: run_one(u, s, p))) for unit, seed, parts in splits]
     results = run_units(run, units, show_progress=config.progress, desc="trials")
+    unseen = {unit: unseen_sites(cohort.sites, parts) for unit, _, parts in splits}
     summary: dict[str, Any] = {key: summarize([r[key] for r in results])
                                for key in ("auc", "accuracy", "sensitivity", "specificity")}
     summary["validation"] = {"metric": "auc", **summarize([r["best_val"] for r in results])}
     summary.update(
         objective=config.objective, model=config.model, modalities=config.modalities, n_subjects=len(cohort),
         leaky=leaky,
-        simulated_data=simulated, split="folds" if config.folds else "bnt", units=[
-            {k: r[k] for k in ("unit", "seed", "best_epoch", "auc", "accuracy", "sensitivity", "specificity",
-                               "n_train", "n_val", "n_test")}
-            | {"threshold": r.get("threshold", 0.5), "val_sigma": r.get("val_sigma")} for r in results])
+        simulated_data=simulated, split=split_kind(config), test_sites=config.test_site_list, units=[
+            {**{k: r[k] for k in ("unit", "seed", "best_epoch", "auc", "accuracy", "sensitivity", "specificity",
+                                  "n_train", "n_val", "n_test")}, "unseen_sites": unseen[r["unit"]],
+             "threshold": r.get("threshold", 0.5), "val_sigma": r.get("val_sigma")}
+            for r in results])
+    summary.update(per_site_results(results, unseen))
+    summary["combat_unseen"] = {"mode": config.combat_unseen, "estimated_from_unlabelled_test_subjects": {
+        r["unit"]: r["prep"]["combat"]["unseen_sites"] for r in results
+        if r.get("prep", {}).get("combat", {}).get("unlabelled_estimation")}}
     summary["distributed"] = {"world_size": dist_info.world_size, "backend": dist_info.backend}
     run.write_results(summary)
     if not dist_info.is_main:

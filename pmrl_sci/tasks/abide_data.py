@@ -53,14 +53,19 @@ class CohortDataset(Dataset):
         return ({m: v[i] for m, v in self.inputs.items()}, {m: v[i] for m, v in self.mask.items()}, self.labels[i])
 
 
-def harmonise_smri(cohort: AbideCohort, train: np.ndarray, mode: str) -> tuple[np.ndarray, dict[str, Any]]:
+def harmonise_smri(cohort: AbideCohort, train: np.ndarray, mode: str, unseen: str = "passthrough"
+                   ) -> tuple[np.ndarray, dict[str, Any]]:
     """ComBat-harmonised, standardised sMRI features for every subject of ``cohort``.
 
     ``mode="train"`` fits ComBat on the training subjects with sMRI (age and sex as
     covariates, no diagnosis) and applies it to everyone; ``"paper"`` fits on all subjects with
     diagnosis as a covariate (leaks labels; for comparison with the paper); ``"off"`` skips
-    ComBat. Features are then standardised with the training subjects' mean and standard
-    deviation; a feature missing for a subject (NaN) takes the training median.
+    ComBat. A site with no training subject (``--test-sites``, ``--split loso``) is returned unadjusted
+    (``unseen="passthrough"``) or gets its own ComBat location and scale estimated from all its subjects with
+    sMRI, without their labels, holding the training fit fixed (``unseen="estimate"``; see
+    :class:`~pmrl_sci.data.combat.ComBat`); ``info`` then names those sites and subject counts. Features are then
+    standardised with the training subjects' mean and standard deviation; a feature missing for a subject (NaN)
+    takes the training median.
     """
     import pandas as pd
 
@@ -83,7 +88,7 @@ def harmonise_smri(cohort: AbideCohort, train: np.ndarray, mode: str) -> tuple[n
         if mode == "paper":
             covariates["dx"] = cohort.labels.astype(int)
             categorical.append("dx")
-        combat = ComBat(unseen_site="passthrough")
+        combat = ComBat(unseen_site=unseen)
         rows = np.flatnonzero(has)
         combat.fit(x[fit_rows], cohort.sites[fit_rows], covariates.iloc[fit_rows].reset_index(drop=True),
                    categorical=categorical, continuous=["age"])
@@ -91,7 +96,13 @@ def harmonise_smri(cohort: AbideCohort, train: np.ndarray, mode: str) -> tuple[n
                                               covariates.iloc[rows].reset_index(drop=True)))
         info.update(sites=[str(s) for s in combat.sites_],
                     dropped_covariates=list(getattr(combat, "dropped_covariates_", [])),
-                    singleton_sites=[str(s) for s in getattr(combat, "singleton_sites_", [])])
+                    singleton_sites=[str(s) for s in getattr(combat, "singleton_sites_", [])],
+                    unseen_site_mode=unseen, unseen_sites=dict(combat.unseen_sites_))
+        if unseen == "estimate" and combat.unseen_sites_:
+            info["unlabelled_estimation"] = (
+                f"ComBat location and scale of the site(s) {', '.join(combat.unseen_sites_)}, which have no training "
+                f"subject, were estimated from their own {sum(combat.unseen_sites_.values())} subject(s) "
+                "(validation/test subjects included), using their sMRI, age and sex but not their diagnosis")
     mean = x[fit_rows].mean(axis=0)
     std = x[fit_rows].std(axis=0)
     std = np.where(std > 1e-8, std, 1.0)
@@ -109,7 +120,7 @@ def prepare_split_arrays(cohort: AbideCohort, config: AbideConfig, train: np.nda
         channels = FMRI_CHANNELS[config.fmri_channels]
         inputs["fmri"] = cohort.fmri[:, channels[0]] if len(channels) == 1 else cohort.fmri[:, channels]
     if "smri" in config.modalities:
-        inputs["smri"], info["combat"] = harmonise_smri(cohort, train, config.combat)
+        inputs["smri"], info["combat"] = harmonise_smri(cohort, train, config.combat, config.combat_unseen)
     if "text" in config.modalities:
         emb = cohort.text_embeddings.astype(np.float32)
         inputs["text"] = emb
@@ -135,13 +146,32 @@ def prepare_split_arrays(cohort: AbideCohort, config: AbideConfig, train: np.nda
 
 
 def unit_splits(cohort: AbideCohort, config: AbideConfig) -> list[tuple[str, int, dict[str, np.ndarray]]]:
-    """(unit name, seed, {"train", "val", "test": indices}) for every trial and fold."""
-    from pmrl_sci.data.splits import bnt_split, stratified_site_folds
+    """(unit name, seed, {"train", "val", "test": indices}) for every trial and fold.
+
+    Unit names: ``seed<s>`` (BrainNetTF split), ``seed<s>-fold<f>`` (``--folds``), ``seed<s>-site-<SITE>``
+    (``--split loso``: one unit per site, tested on it) and ``seed<s>-test-<SITE>[+<SITE>...]`` (``--test-sites``).
+    """
+    from pmrl_sci.data.splits import (
+        bnt_split,
+        domain_holdout_split,
+        domain_unit_name,
+        leave_one_domain_out,
+        stratified_site_folds,
+    )
 
     units = []
     for trial in range(config.seeds):
         seed = config.seed + trial
-        if config.folds:
+        if config.split == "loso":
+            for site, (train, val, test) in leave_one_domain_out(cohort.labels, cohort.sites, seed):
+                units.append((f"seed{seed}-site-{domain_unit_name([site])}", seed,
+                              {"train": train, "val": val, "test": test}))
+        elif config.test_site_list:
+            sites = config.test_site_list
+            train, val, test = domain_holdout_split(cohort.labels, cohort.sites, sites, seed)
+            units.append((f"seed{seed}-test-{domain_unit_name(sites)}", seed,
+                          {"train": train, "val": val, "test": test}))
+        elif config.folds:
             folds = stratified_site_folds(cohort.labels, cohort.sites, config.folds, seed)
             for f, (train, val, test) in enumerate(folds):
                 units.append((f"seed{seed}-fold{f}", seed, {"train": train, "val": val, "test": test}))
