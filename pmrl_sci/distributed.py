@@ -178,9 +178,17 @@ def _rank_device(requested: torch.device, local_rank: int) -> torch.device:
 
 
 def cleanup() -> None:
-    """Destroy the process group if one is up."""
+    """Destroy the process group if one is up, after every rank has reached this point.
+
+    Without the barrier a fast rank tears the group down (rank 0 also its TCP store) while a peer is still
+    finishing its last collective, and gloo aborts that process (SIGABRT, "terminate called without an active
+    exception") after its work is done.
+    """
     if is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 @contextmanager
