@@ -21,6 +21,7 @@ from pmrl_sci.runs import default_run_dir, is_rank_zero
 from pmrl_sci.tasks.abide import (
     ABIDE_MODALITIES,
     COMBAT_UNSEEN,
+    ENCODER_BASELINES,
     FMRI_CHANNELS,
     MODELS,
     SPLITS,
@@ -75,15 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--default-sites", type=int, default=d.default_sites, help="sites of the generated cohort")
     data.add_argument("--model", choices=MODELS, default=d.model,
                       help="multimodal: the PMRL/GRAM/VAST model over --modalities; brainnettf, vanillatf, "
-                           "brainnetcnn: fMRI-only encoder baselines with cross-entropy; gcn: population-graph GCN "
-                           "(Parisot et al. 2018); logistic: logistic regression on vectorised connectivity; "
+                           "brainnetcnn, edge_mlp: fMRI-only encoder baselines with cross-entropy; gcn: population-"
+                           "graph GCN (Parisot et al. 2018); logistic: logistic regression on vectorised connectivity; "
                            "logistic-all: logistic regression on every input of --modalities (connectivity, sMRI "
                            "harmonised on training subjects, the text's phenotype fields as numbers), C chosen on "
                            "validation")
-    data.add_argument("--fmri-encoder", choices=["brainnettf", "vanillatf", "brainnetcnn"], default=d.fmri_encoder,
-                      help="fMRI encoder of the multimodal model")
-    add_objective_options(p, d, helps={"objective": "alignment objective added to the classification loss",
+    data.add_argument("--fmri-encoder", choices=list(ENCODER_BASELINES), default=d.fmri_encoder,
+                      help="fMRI encoder of the multimodal model (edge_mlp: an MLP over the connectome's "
+                           "upper-triangle edges)")
+    objective = add_objective_options(p, d, helps={"objective": "alignment objective added to the classification loss",
                                        "anchor": "GRAM/VAST anchor modality (default: the last, text)"})
+    objective.add_argument(
+        "--align-epochs", type=int, default=d.align_epochs,
+        help="self-supervised alignment first: this many epochs of the alignment objective alone on every "
+             "training subject (labels unused) before the --epochs epochs of cross-entropy (+ --align-weight x "
+             "alignment); model selection and early stopping start after them; 0: none")
     tr = add_training_options(p, d, helps={
         "epochs": "maximum epochs per trial (default 100 on real data, 30 on the embedded simulated cohort)",
         "patience": "early stopping on validation AUC: stop after this many epochs without improvement; 0: off",

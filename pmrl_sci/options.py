@@ -77,9 +77,11 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: Any,
 
 def add_objective_options(parser: argparse.ArgumentParser, defaults: Any,
                           objectives: Sequence[str] = OBJECTIVE_NAMES,
-                          helps: Mapping[str, str] | None = None) -> None:
-    """The alignment objective and its hyper-parameters, plus ``--align-weight`` and ``--classification-weight``."""
-    add = _adder(parser.add_argument_group("objective"), defaults, helps)
+                          helps: Mapping[str, str] | None = None) -> argparse._ArgumentGroup:
+    """The alignment objective and its hyper-parameters, plus ``--align-weight`` and ``--classification-weight``;
+    returns the group (for a front end's own objective options)."""
+    group = parser.add_argument_group("objective")
+    add = _adder(group, defaults, helps)
     add("--objective", dest="objective", choices=list(objectives), help="alignment objective")
     add("--tau1", dest="tau1", type=float, help="PMRL: temperature over singular values")
     add("--tau2", dest="tau2", type=float, help="PMRL: temperature of the instance-wise term")
@@ -97,6 +99,7 @@ def add_objective_options(parser: argparse.ArgumentParser, defaults: Any,
     add("--align-weight", dest="align_weight", type=float, help="weight of the alignment objective")
     add("--classification-weight", dest="classification_weight", type=float,
         help="weight of the cross-entropy (0 for the 'w/o classification' ablation)")
+    return group
 
 
 def check_finite(values: Mapping[str, Any]) -> None:

@@ -205,6 +205,7 @@ BUILTIN_ENCODERS: dict[str, str] = {
     "brainnettf": "pmrl_sci.encoders.brainnettf",
     "vanillatf": "pmrl_sci.encoders.vanillatf",
     "brainnetcnn": "pmrl_sci.encoders.brainnetcnn",
+    "edge_mlp": "pmrl_sci.encoders.edge_mlp",
     "hsi_cnn": "pmrl_sci.encoders.cnn",
     "lidar_cnn": "pmrl_sci.encoders.cnn",
     "vision": "pmrl_sci.encoders.vision",

@@ -99,6 +99,39 @@ def test_abide_under_torchrun_two_cpu_ranks(tmp_path, cache_dir):
     assert (out / "roc.png").is_file() and (out / "done" / "seed0.json").is_file()
 
 
+def test_alignment_first_ignores_labels_and_is_never_selected(tmp_path, cache_dir, monkeypatch):
+    import numpy as np
+
+    from pmrl_sci.tasks import abide as abide_task
+
+    args = ["--modalities", "fmri", "smri", "text", "--align-epochs", "2", "--epochs", "1", "--patience", "0"]
+    out, _ = _run(tmp_path, cache_dir, *args)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert [("train_ce" in r) for r in records] == [False, False, True]  # no cross-entropy while aligning
+    assert all("train_align_loss" in r for r in records)
+    assert json.loads((out / "done" / "seed0.json").read_text())["best_epoch"] == 2  # only fine-tuning epochs
+
+    # the alignment-only epochs read no label: with every training label flipped, the weights after them match
+    states = {}
+    original = abide_task.prepare_split_arrays
+    for flip in (False, True):
+        def prepared(*a, flip=flip, **k):
+            arrays, info = original(*a, **k)
+            if flip:
+                arrays["train"].labels = 1 - np.asarray(arrays["train"].labels)
+            return arrays, info
+        monkeypatch.setattr(abide_task, "prepare_split_arrays", prepared)
+        run = tmp_path / f"flip{flip}"
+        main([*TINY, "--cache-dir", str(cache_dir), "--out", str(run), "--modalities", "fmri", "smri", "text",
+              "--align-epochs", "2", "--epochs", "1", "--device", "cpu"])
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        states[flip] = records
+    aligned = [[r["train_align_loss"] for r in states[flip][:2]] for flip in (False, True)]
+    assert aligned[0] == aligned[1]  # identical alignment phase
+    assert states[False][2]["train_ce"] != states[True][2]["train_ce"]  # the labels do matter afterwards
+
+
 def test_same_seed_same_run_on_cpu(tmp_path, cache_dir):
     runs = []
     for name in ("a", "b"):
@@ -132,6 +165,8 @@ def test_rerun_with_other_options_is_refused(tmp_path, cache_dir, capsys):
     (["--lambda1", "nan"], "--lambda1 must be a finite number"),
     (["--rank", "4"], "--rank must be between 1 and the number of modalities (3)"),
     (["--patience", "-1"], "--patience must be >= 0"),
+    (["--align-epochs", "2", "--objective", "none"], "--align-epochs needs the multimodal model"),
+    (["--align-epochs", "-1"], "--align-epochs must be >= 0"),
 ])
 def test_bad_options_are_refused_before_anything_is_written(tmp_path, cache_dir, capsys, bad, expected):
     with pytest.raises(SystemExit) as info:

@@ -1,4 +1,4 @@
-"""Connectivity encoders: BrainNetTF (with OCRead), VanillaTF, BrainNetCNN."""
+"""Connectivity encoders: BrainNetTF (with OCRead), VanillaTF, BrainNetCNN, the edge MLP."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pmrl_sci.registry import build_encoder
 torch.set_num_threads(1)
 
 R = 16
-NAMES = ["brainnettf", "vanillatf", "brainnetcnn"]
+NAMES = ["brainnettf", "vanillatf", "brainnetcnn", "edge_mlp"]
 
 
 def _kwargs(name: str, channels: int) -> dict:
@@ -166,3 +166,15 @@ def test_learns_an_easy_signal(name: str) -> None:
     with torch.no_grad():
         acc = (probe(enc(x)).argmax(1) == y).float().mean().item()
     assert acc >= 0.9, acc
+
+
+def test_edge_mlp_reads_only_the_upper_triangle_edges():
+    encoder = build_encoder("edge_mlp", n_rois=R, channels=2, embed_dim=12).eval()
+    x = _connectivity(3, 2)
+    changed = x.clone()
+    lower = torch.tril_indices(R, R)  # diagonal and lower triangle: not edges of the upper triangle
+    changed[:, :, lower[0], lower[1]] = 5.0
+    assert torch.equal(encoder(x), encoder(changed))
+    changed[:, 1, 0, R - 1] += 1.0  # one upper-triangle edge of the second channel
+    assert not torch.allclose(encoder(x), encoder(changed))
+    assert encoder.net[1].in_features == 2 * R * (R - 1) // 2

@@ -102,6 +102,19 @@ def test_selection_and_early_stopping(tmp_path):
     assert outcome.epochs_run == 6 and outcome.best.epoch == 5  # patience 0: no early stopping
 
 
+def test_epochs_before_select_from_are_never_selected_and_patience_counts_after_them(tmp_path):
+    # epoch 0 scores best, but it lies in the unselectable first phase (e.g. alignment before fine-tuning)
+    task = TinyRegression(scores=[0.99, 0.5, 0.7, 0.6, 0.6, 0.9], mode="max")
+    outcome = train_unit(task, _settings(patience=2, select_from=1), unit="u", seed=0, run=RunFolder(tmp_path),
+                         device=CPU)
+    assert outcome.best.epoch == 2 and outcome.best.score == 0.7
+    assert outcome.epochs_run == 5  # epochs 3 and 4 did not improve on epoch 2
+    records = RunFolder(tmp_path).read_metrics()
+    assert records[0]["val_score"] == 0.99  # the first phase is still validated and logged
+    with pytest.raises(InputError, match="select_from"):
+        _settings(select_from=6)
+
+
 def test_tiebreak_and_fallback_select_epochs():
     selection = Selection("val_auc", tiebreak="val_loss", fallback="val_accuracy")
     assert selection.score({"val_auc": float("nan"), "val_accuracy": 0.6, "val_loss": 0.3}) == (0.6, 0.3)

@@ -5,8 +5,8 @@ first time its name is looked up (:data:`pmrl_sci.registry.BUILTIN_ENCODERS`), s
 package imports no family. Outside packages add theirs through the ``pmrl_sci.encoders`` entry-point
 group.
 
-Families: ``mlp`` (tabular), ``text`` (transformers), ``brainnettf`` / ``vanillatf`` / ``brainnetcnn``
-(connectivity), ``hsi_cnn`` / ``lidar_cnn`` (remote-sensing patches), ``vision``, ``depth``, ``touch``,
+Families: ``mlp`` (tabular), ``text`` (transformers), ``brainnettf`` / ``vanillatf`` / ``brainnetcnn`` /
+``edge_mlp`` (connectivity), ``hsi_cnn`` / ``lidar_cnn`` (remote-sensing patches), ``vision``, ``depth``, ``touch``,
 ``audio`` and ``features`` (precomputed embeddings).
 """
 

@@ -161,11 +161,12 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
                     module.eval()
                 metrics = task.validate(epoch)
                 record.update(metrics)
-                for selection in selections:
-                    score, tiebreak = selection.score(metrics)
-                    if stoppers[selection.name].step(score, epoch, tiebreak=tiebreak):
-                        best[selection.name] = {n: detached_state(m) for n, m in modules.items()}
-                stopped = settings.patience > 0 and all(s.should_stop for s in stoppers.values())
+                if epoch >= settings.select_from:  # earlier epochs: a phase whose states are never selected
+                    for selection in selections:
+                        score, tiebreak = selection.score(metrics)
+                        if stoppers[selection.name].step(score, epoch, tiebreak=tiebreak):
+                            best[selection.name] = {n: detached_state(m) for n, m in modules.items()}
+                    stopped = settings.patience > 0 and all(s.should_stop for s in stoppers.values())
             record["lr"] = scheduler.get_last_lr()[0]
             run.log_metrics(record)
             if writer is not None:

@@ -38,6 +38,10 @@ class TrainSettings:
         Clip the gradient norm of all trained parameters to this value; 0 turns clipping off.
     validate_every : int
         Validate every this many epochs (and always after the last one).
+    select_from : int
+        First epoch that model selection and early stopping consider (0: all). The epochs before it form a
+        phase whose states are never selected, e.g. self-supervised alignment before fine-tuning; they are still
+        validated and logged, and the patience counts from ``select_from``.
     checkpoint_every : int
         Save the resume checkpoint every this many epochs (0: never; a killed unit then restarts).
     progress : bool
@@ -56,6 +60,7 @@ class TrainSettings:
     schedule: Literal["constant", "cosine"] = "constant"
     grad_clip: float = 0.0
     validate_every: int = 1
+    select_from: int = 0
     checkpoint_every: int = 1
     progress: bool = True
     tensorboard: bool = False
@@ -81,6 +86,8 @@ class TrainSettings:
             raise InputError(f"--grad-clip must be >= 0 (0: off), got {self.grad_clip}")
         if self.validate_every < 1:
             raise InputError(f"validate_every must be >= 1, got {self.validate_every}")
+        if not 0 <= int(self.select_from) < int(self.epochs):
+            raise InputError(f"select_from must be in [0, epochs={self.epochs}), got {self.select_from}")
 
 
 def build_optimizer(parameters: Sequence[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:

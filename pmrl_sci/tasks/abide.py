@@ -77,7 +77,7 @@ ABIDE_MODALITIES = ("fmri", "smri", "text")
 
 #: --model choices: the multimodal model (any modalities, any objective), fMRI-only encoder baselines
 #: trained with cross-entropy, and the non-deep baselines of the paper's Table 4
-ENCODER_BASELINES = ("brainnettf", "vanillatf", "brainnetcnn")
+ENCODER_BASELINES = ("brainnettf", "vanillatf", "brainnetcnn", "edge_mlp")
 FIT_BASELINES = ("gcn", "logistic", "logistic-all")
 MODELS = ("multimodal", *ENCODER_BASELINES, *FIT_BASELINES)
 #: default maximum epochs: BrainNetTF-style training on real data; shorter on the embedded cohort so that
@@ -116,6 +116,7 @@ class AbideConfig:
     gram_contrastive: bool = True
     align_weight: float = 1.0
     classification_weight: float = 1.0
+    align_epochs: int = 0
     split: str = "bnt"
     folds: int | None = None
     test_sites: str | None = None  # "SITE[,SITE...]"; sorted and deduplicated once checked (see test_site_list)
@@ -167,6 +168,12 @@ class AbideConfig:
         if self.model == "logistic-all" and "fmri" not in self.modalities:
             raise InputError("--model logistic-all needs fmri in --modalities (its subjects are those with fMRI, "
                              "as for --model logistic)")
+        if int(self.align_epochs) < 0:
+            raise InputError(f"--align-epochs must be >= 0, got {self.align_epochs}")
+        if self.align_epochs and (self.model != "multimodal" or self.objective == "none"
+                                  or len(self.modalities) < 2):
+            raise InputError("--align-epochs needs the multimodal model with an alignment objective (--objective "
+                             "pmrl, gram or vast) over at least two --modalities")
         if self.model == "logistic-all" and self.input_noise > 0:
             raise InputError("--input-noise is not applied by --model logistic-all (its sMRI and phenotype features "
                              "would stay clean); use --model logistic or the multimodal model")
@@ -209,10 +216,15 @@ def build_alignment(config: AbideConfig) -> nn.Module | None:
 
 
 def train_settings(config: AbideConfig) -> TrainSettings:
-    """ABIDE's engine settings: Adam at a constant rate, no clipping, early stopping on validation AUC."""
-    return TrainSettings(epochs=int(config.epochs or EMBEDDED_EPOCHS), patience=config.patience, lr=config.lr,
-                         weight_decay=config.weight_decay, optimizer="adam", progress=config.progress,
-                         tensorboard=config.tensorboard)
+    """ABIDE's engine settings: Adam at a constant rate, no clipping, early stopping on validation AUC.
+
+    ``--align-epochs N`` prepends N alignment-only epochs to the ``--epochs`` supervised ones; model selection
+    and early stopping start after them (``TrainSettings.select_from``).
+    """
+    align = int(config.align_epochs)
+    return TrainSettings(epochs=align + int(config.epochs or EMBEDDED_EPOCHS), patience=config.patience,
+                         lr=config.lr, weight_decay=config.weight_decay, optimizer="adam", select_from=align,
+                         progress=config.progress, tensorboard=config.tensorboard)
 
 
 class AbideTask(Task):
@@ -260,12 +272,23 @@ class AbideTask(Task):
         return TrainData(dataset, self.config.batch_size, drop_last=len(dataset) > self.config.batch_size)
 
     def batch_loss(self, batch: Any, step: Step) -> dict[str, torch.Tensor]:
-        """``classification_weight * CE + align_weight * alignment``, with the parts logged."""
+        """``classification_weight * CE + align_weight * alignment``, with the parts logged.
+
+        In the first ``--align-epochs`` epochs the loss is the alignment objective alone: the labels are not
+        read (self-supervised alignment of the modality encoders on every training subject).
+        """
         from pmrl_sci.distributed import global_mean_share
 
         inputs, mask, y = batch
-        inputs, mask, y = to_device(inputs, self.device), to_device(mask, self.device), y.to(self.device)
+        inputs, mask = to_device(inputs, self.device), to_device(mask, self.device)
         logits, embeddings = step.forward["model"](inputs, mask)
+        if step.epoch < self.config.align_epochs:
+            assert self.alignment is not None  # AbideConfig refuses --align-epochs without an alignment objective
+            aligned = self.alignment(embeddings, mask)
+            # the classifier's logits join with weight 0 so that DDP sees every parameter used
+            loss = aligned["loss"] + 0.0 * logits.sum()
+            return {"loss": loss, **{f"align_{k}": v.detach() for k, v in aligned.items()}}
+        y = y.to(self.device)
         if step.distributed:  # this rank's share of the global-batch mean
             ce = global_mean_share(nn.functional.cross_entropy(logits, y, reduction="none"),
                                    count=step.global_batch_size)

@@ -55,7 +55,7 @@ def build_abide_model(config: AbideConfig, cohort: AbideCohort) -> AbideModel:
         # BrainNetTF uses 4 heads over R-dimensional node features (R = 200 for CC200); atlases whose
         # feature size 4 does not divide (ho: 111, tt: 97, dosenbach160: 161) get the largest divisor below
         heads = next(h for h in (4, 3, 2, 1) if (channels * n_rois) % h == 0)
-        if heads != 4:
+        if heads != 4 and config.fmri_encoder in ("brainnettf", "vanillatf"):
             logger.warning("BrainNetTF: %d node features are not divisible by 4 heads; using %d", channels * n_rois,
                            heads)
         if config.fmri_encoder == "brainnettf":
@@ -64,6 +64,9 @@ def build_abide_model(config: AbideConfig, cohort: AbideCohort) -> AbideModel:
         elif config.fmri_encoder == "vanillatf":
             encoders["fmri"] = build_encoder("vanillatf", n_rois=n_rois, embed_dim=config.embed_dim,
                                              channels=channels, n_heads=heads)
+        elif config.fmri_encoder == "edge_mlp":
+            encoders["fmri"] = build_encoder("edge_mlp", n_rois=n_rois, embed_dim=config.embed_dim,
+                                             channels=channels, dropout=config.dropout)
         else:
             encoders["fmri"] = build_encoder(config.fmri_encoder, n_rois=n_rois, embed_dim=config.embed_dim,
                                              channels=channels)
