@@ -21,7 +21,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -333,10 +333,12 @@ def check_field_types(values: dict[str, Any], config_class: type, where: str) ->
 
 
 def _parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-                       config_class: type | None) -> argparse.Namespace:
+                       config_class: type | None, presets: Mapping[str, Mapping[str, Any]] | None = None,
+                       preset_dest: str = "setting") -> argparse.Namespace:
     if not any(action.dest == "config" for action in parser._actions):
         add_config_argument(parser)
     pre, _ = parser.parse_known_args(argv)
+    values: dict[str, Any] = {}
     if pre.config is not None:
         try:
             values = load_config_file(pre.config, parser)
@@ -344,7 +346,12 @@ def _parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | No
                 check_field_types(values, config_class, f"config file {pre.config}")
         except (ValueError, FileNotFoundError) as exc:
             parser.error(str(exc))
-        parser.set_defaults(**values)
+    if presets:  # a named set of defaults, below the config file's values and the flags
+        default = parser.get_default(preset_dest)
+        chosen = getattr(pre, preset_dest)
+        name = chosen if chosen != default else values.get(preset_dest, default)
+        parser.set_defaults(**dict(presets.get(name, {})))
+    parser.set_defaults(**values)
     return parser.parse_args(argv)
 
 
@@ -358,15 +365,20 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] 
 
 
 def parse_dataclass_config(parser: argparse.ArgumentParser, config_class: type[T],
-                           argv: Sequence[str] | None = None, **overrides: Any) -> T:
+                           argv: Sequence[str] | None = None,
+                           presets: Mapping[str, Mapping[str, Any]] | None = None, **overrides: Any) -> T:
     """Parse ``argv`` (with ``-c config.yaml``) into an instance of the dataclass ``config_class``.
 
     Options whose destination is a field of the dataclass become its values; ``overrides`` are applied on
     top. The config file's values are checked against their options (:func:`load_config_file`) and against
     the dataclass's field types (:func:`check_field_types`). A ``ValueError`` raised by the dataclass (its
     own validation) becomes a command-line error.
+
+    ``presets`` maps the values of the ``--setting`` option (given as a flag or in the config file) to
+    defaults: a chosen preset's values replace the parser's defaults, and the config file's values and the
+    flags given still override them.
     """
-    args = _parse_with_config(parser, argv, config_class)
+    args = _parse_with_config(parser, argv, config_class, presets)
     names = {f.name for f in dataclasses.fields(config_class)}
     values = {key: value for key, value in vars(args).items() if key in names} | overrides
     try:

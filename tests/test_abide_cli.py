@@ -211,3 +211,22 @@ def test_killed_run_resumes_inside_the_unit(tmp_path, cache_dir):
     assert [r["epoch"] for r in records] == [0, 1, 2]
     assert [r["train_loss"] for r in records] == [r["train_loss"] for r in reference]
     assert not (out / "checkpoints" / "seed0.resume.pt").exists()  # removed once the unit is done
+
+
+def test_paper_setting_is_one_flag_away_and_flags_still_win(tmp_path):
+    from pmrl_sci.abide import build_parser
+    from pmrl_sci.config import parse_dataclass_config
+    from pmrl_sci.tasks.abide import PAPER_SETTING, SETTINGS, AbideConfig
+
+    def parse(*argv):
+        return parse_dataclass_config(build_parser(), AbideConfig, list(argv), presets=SETTINGS)
+
+    default, paper = parse(), parse("--setting", "paper")
+    assert any(getattr(default, key) != value for key, value in PAPER_SETTING.items())  # a different recipe
+    assert {key: getattr(paper, key) for key in PAPER_SETTING} == PAPER_SETTING
+    assert paper.setting == "paper" and paper.sign_aware is False and paper.fmri_encoder == "brainnettf"
+    assert parse("--setting", "paper", "--tau1", "0.2").tau1 == 0.2  # a flag overrides the preset
+    config = tmp_path / "run.yaml"
+    config.write_text("setting: paper\nthreshold: val\n")
+    from_file = parse("-c", str(config))
+    assert from_file.fmri_encoder == "brainnettf" and from_file.threshold == "val"  # the file's value wins

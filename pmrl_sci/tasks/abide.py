@@ -68,7 +68,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [  # the data and model helpers are re-exported for callers of the former single module
     "ABIDE_MODALITIES", "EMBEDDED_EPOCHS", "ENCODER_BASELINES", "FIT_BASELINES", "FMRI_CHANNELS", "MODELS",
-    "REAL_DATA_EPOCHS", "AbideConfig", "AbideModel", "AbideTask", "CohortDataset", "SplitArrays", "build_abide_model",
+    "PAPER_SETTING", "REAL_DATA_EPOCHS", "SETTINGS", "AbideConfig", "AbideModel", "AbideTask", "CohortDataset",
+    "SplitArrays", "build_abide_model",
     "build_alignment", "evaluate", "fit_baseline_unit", "harmonise_smri", "prepare_split_arrays", "resolve_data",
     "resolve_model", "run_abide", "train_abide_unit", "train_settings", "train_unit", "unit_splits",
 ]
@@ -84,6 +85,17 @@ MODELS = ("multimodal", *ENCODER_BASELINES, *FIT_BASELINES)
 #: the default command finishes in minutes on a laptop CPU (early stopping applies to both)
 REAL_DATA_EPOCHS = 100
 EMBEDDED_EPOCHS = 30
+#: ``--setting paper``: the paper's ABIDE setting (PMRL with its L_M and weights, BrainNetTF on Pearson and
+#: partial correlation, Adam 1e-4, batch 16, 128-d embeddings, the text "age, gender", threshold 0.5, no
+#: alignment-first phase); every option not listed keeps the front end's default, any flag still overrides
+PAPER_SETTING: dict[str, Any] = {
+    "objective": "pmrl", "sign_aware": False, "tau1": 0.05, "tau2": 0.4, "lambda1": 1.0, "rank": 1,
+    "instance_term": True, "align_weight": 1.0, "classification_weight": 1.0, "align_epochs": 0,
+    "fmri_encoder": "brainnettf", "fmri_channels": "both", "lr": 1e-4, "weight_decay": 1e-4, "batch_size": 16,
+    "embed_dim": 128, "dropout": 0.1, "text_fields": ["age", "sex"], "threshold": "0.5",
+}
+#: --setting choices: the kit's recipe (the dataclass defaults) or the paper's setting
+SETTINGS: dict[str, dict[str, Any]] = {"default": {}, "paper": PAPER_SETTING}
 #: --split choices (--folds and --test-sites are the other split kinds) and --combat-unseen choices
 SPLITS = ("bnt", "loso")
 COMBAT_UNSEEN = ("passthrough", "estimate")
@@ -96,6 +108,7 @@ class AbideConfig:
     """Everything that defines an ABIDE run (the resolved config written to the run folder)."""
 
     modalities: list[str] = field(default_factory=lambda: list(ABIDE_MODALITIES))
+    setting: str = "default"
     model: str = "multimodal"
     fmri_encoder: str = "brainnettf"
     data_dir: str | None = None
@@ -151,6 +164,8 @@ class AbideConfig:
         if bad or not self.modalities:
             raise InputError(f"--modalities must be a non-empty subset of {list(ABIDE_MODALITIES)}, "
                              f"got {self.modalities}")
+        if self.setting not in SETTINGS:
+            raise InputError(f"--setting must be one of {list(SETTINGS)}, got {self.setting!r}")
         if self.model not in MODELS:
             raise InputError(f"--model must be one of {list(MODELS)}, got {self.model!r}")
         if self.folds is not None and self.folds < 2:
