@@ -5,8 +5,9 @@ Runs ``python -m pmrl_sci.abide`` once per method, each in ``<out>/<method>``, o
 identical train/validation/test subjects in each unit (seed x fold):
 
 - the default multimodal command (fMRI + sMRI + text, sign-aware PMRL): the **reference** row;
-- the paper's setting: PMRL with the paper's L_M (``--no-sign-aware``) and its weights
-  (L = CE + L_M + lambda1 L_M', tau1 0.05, tau2 0.4, lambda1 1);
+- the paper's setting (``--setting paper``: PMRL with the paper's L_M and weights, L = CE + L_M + lambda1 L_M',
+  tau1 0.05, tau2 0.4, lambda1 1; BrainNetTF on Pearson and partial correlation; text "age, gender"; threshold
+  0.5 unless a ``--threshold`` is passed to every run);
 - the same model with cross-entropy and no alignment (``--objective none``);
 - fMRI alone with cross-entropy (``--modalities fmri --objective none``);
 - logistic regression on vectorised connectivity (``--model logistic``);
@@ -46,12 +47,9 @@ from pmrl_sci.tasks.abide_methods import (
 )
 
 REFERENCE = "Multimodal (default command)"
-#: the paper's PMRL weights, spelled out so that a change of the front end's defaults cannot change this row
-PAPER_WEIGHTS = ["--tau1", "0.05", "--tau2", "0.4", "--lambda1", "1.0", "--align-weight", "1.0",
-                 "--classification-weight", "1.0"]
 METHODS = [
     Method("multimodal", REFERENCE, []),
-    Method("pmrl-paper", "PMRL (paper L_M, paper weights)", ["--objective", "pmrl", "--no-sign-aware", *PAPER_WEIGHTS]),
+    Method("pmrl-paper", "PMRL, the paper's setting (paper L_M, BrainNetTF)", ["--setting", "paper"]),
     Method("ce-only", "Multimodal, cross-entropy only", ["--objective", "none"]),
     Method("fmri-ce", "fMRI alone, cross-entropy", ["--modalities", "fmri", "--objective", "none"]),
     Method("logistic", "Logistic regression (connectivity)", ["--model", "logistic"], ("--model",)),
