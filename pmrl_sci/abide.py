@@ -4,7 +4,9 @@ With no ``--data-dir`` a simulated multi-site cohort is generated in the real AB
 read back by the same readers. Results go to a run folder (``--out``): resolved config, data
 report, metrics.jsonl, results.json, ROC curve and singular-value plots. Rerunning with the
 same ``--out`` and the same options resumes: finished trials and folds are not run again, and an
-interrupted one continues from its last finished epoch; other options are refused.
+interrupted one continues from its last finished epoch; other options are refused. ``--init-from RUN_DIR``
+starts every unit from a finished run's selected model, to adapt it to the test sites (``--adapt``) or to train
+one new modality into it (see pmrl_sci/tasks/abide_adapt.py).
 """
 
 from __future__ import annotations
