@@ -4,7 +4,9 @@ With no ``--data-dir`` a simulated multi-site cohort is generated in the real AB
 read back by the same readers. Results go to a run folder (``--out``): resolved config, data
 report, metrics.jsonl, results.json, ROC curve and singular-value plots. Rerunning with the
 same ``--out`` and the same options resumes: finished trials and folds are not run again, and an
-interrupted one continues from its last finished epoch; other options are refused.
+interrupted one continues from its last finished epoch; other options are refused. ``--init-from RUN_DIR``
+starts every unit from a finished run's selected model, to adapt it to the test sites (``--adapt``) or to train
+one new modality into it (see pmrl_sci/tasks/abide_adapt.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pmrl_sci.tasks.abide import (
     AbideConfig,
     run_abide,
 )
+from pmrl_sci.tasks.abide_adapt import ADAPT_MODES
 from pmrl_sci.tasks.abide_fit import THRESHOLDS
 
 
@@ -119,6 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--label-noise", type=float, default=d.label_noise,
                     help="probability of flipping each training label")
     add_run_options(p, d, prefix="runs/abide", helps={"seeds": "trials (reported as mean and std)"})
+    adapt = p.add_argument_group(
+        "starting from a finished run (adaptation to the test sites, a new modality)",
+        "Each unit starts from the source run's unit of the same seed that tested the same subjects (--split loso: "
+        "the source unit that held out the same site) with the same training and validation subjects, so inputs "
+        "are preprocessed with the same training statistics. results.json 'adaptation' records the source model "
+        "(before) and the adapted one (after) on the same target subjects, per unit and per site.")
+    adapt.add_argument("--init-from", default=d.init_from, metavar="RUN_DIR",
+                       help="a finished run folder (config.json, done/, checkpoints/) of the same cohort, inputs and "
+                            "model; with exactly one modality more than the source, only the new encoder trains "
+                            "(the source's encoders and the classifier are frozen)")
+    adapt.add_argument("--adapt", choices=list(ADAPT_MODES), default=d.adapt,
+                       help="none: test the source model (a new modality: train its encoder on the training "
+                            "subjects); align: train the alignment objective alone on the unlabelled target (test) "
+                            "subjects, classifier frozen, selected by their alignment loss (transductive); finetune: "
+                            "cross-entropy + alignment on --adapt-labels labelled target subjects per class (removed "
+                            "from the test set), selected on the source's validation part")
+    adapt.add_argument("--adapt-labels", type=int, default=d.adapt_labels, metavar="N",
+                       help="--adapt finetune: labelled target subjects per class (drawn with the unit's seed)")
     return p
 
 
@@ -144,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for site, m in results.get("per_site", {}).items():
         shown = "  ".join(f"{k} {'n/a' if m[k] is None else format(m[k], '.3f')}" for k in ("auc", "accuracy"))
         print(f"  site {site}: {shown} (n={m['n']}{', unseen in training' if m['unseen_in_training'] else ''})")
+    if "adaptation" in results:
+        a = results["adaptation"]
+        print(f"  --adapt {a['mode']} from {a['init_from']}: AUC before {a['before']['auc']['mean']:.3f}, after "
+              f"{a['after']['auc']['mean']:.3f} (delta {a['delta']['auc']['mean']:+.3f}) on the same target subjects; "
+              f"trained: {', '.join(a['trained']) or 'nothing'}")
     return results
 
 

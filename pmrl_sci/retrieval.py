@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="evaluate validation retrieval every N epochs (0: only after the last epoch); the "
                             "best epoch by validation mean R@1 is kept and tested once, at the end")
     train.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    continual = p.add_argument_group("a new modality into an aligned model")
+    continual.add_argument("--init-from", default=d.init_from, metavar="RUN_DIR",
+                           help="a finished retrieval run of the same rows and encoder options with one modality "
+                                "fewer: each seed starts from the source seed's selected model, the source's encoders "
+                                "are frozen and only the new modality's encoder (with the objective's temperature and "
+                                "the instance-matching head) trains; results.json 'continual' says what was frozen")
     add_run_options(p, d, prefix="runs/retrieval", helps={
         "seed": "first seed (seeds seed, seed + 1, ...: training, the random split and the few-shot draw)",
         "seeds": "number of seeds, reported as mean and std"})

@@ -76,6 +76,7 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
     rank = dist_info.rank if distributed else 0
     seed_everything(seed)
     built = task.build(device)
+    frozen = built.freeze()  # before DDP and the optimiser see the parameters
     modules = built.modules
     forward = {n: wrap_ddp(m, dist_info) if distributed and n in built.ddp else m for n, m in modules.items()}
     outside_ddp = [p for n, m in modules.items() if forward[n] is m for p in m.parameters() if p.requires_grad]
@@ -91,6 +92,8 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
         batch_sampler = shuffled_batches(data.dataset, data.batch_size, data.drop_last, generator)
     loader = data.make_loader(batch_sampler, generator)
     parameters = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError(f"{unit}: every parameter is frozen; there is nothing to train")
     optimizer = build_optimizer(parameters, settings)
     scheduler = build_lr_schedule(optimizer, settings, len(batch_sampler))
     selections = tuple(task.selections)
@@ -122,6 +125,8 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
         for epoch in bar:
             for module in forward.values():
                 module.train()
+            for module in frozen:  # frozen parts keep eval-mode dropout and BatchNorm statistics
+                module.eval()
             sizes: list[int] | None = None
             if global_sampler is not None:
                 global_sampler.set_epoch(epoch)

@@ -71,15 +71,67 @@ class UnitModules:
         Names trained through DDP under torchrun (a module without trainable parameters is left unwrapped).
         The other modules (an objective's learnable temperature, a matching head) get their gradients averaged
         across ranks after ``backward``.
+    frozen : tuple of str
+        Dotted paths of frozen (sub)modules: ``"<module name>[.<submodule path>]"``, e.g.
+        ``"model.backbone.encoders.fmri"`` or ``"alignment"``. The engine sets ``requires_grad=False`` on their
+        parameters before building the optimiser (so weight decay does not touch them either) and keeps them in
+        eval mode during training (dropout off, BatchNorm statistics not updated); their state is still
+        checkpointed and snapshotted with the rest.
     """
 
     modules: dict[str, nn.Module]
     ddp: tuple[str, ...] = ("model",)
+    frozen: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.ddp if n not in self.modules]
         if unknown:
             raise ValueError(f"UnitModules.ddp names {unknown} that are not among the modules {list(self.modules)}")
+        self.frozen_modules()  # unknown paths fail here, not after training
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The (sub)modules named by :attr:`frozen`, in order."""
+        found = []
+        for path in self.frozen:
+            name, _, rest = path.partition(".")
+            if name not in self.modules:
+                raise ValueError(f"UnitModules.frozen: {path!r} names no module (modules: {list(self.modules)})")
+            try:
+                found.append(self.modules[name].get_submodule(rest) if rest else self.modules[name])
+            except AttributeError as exc:
+                raise ValueError(f"UnitModules.frozen: module {name!r} has no submodule {rest!r} ({exc})") from None
+        return found
+
+    def freeze(self) -> list[nn.Module]:
+        """``requires_grad=False`` on every parameter of the frozen (sub)modules; returns them."""
+        found = self.frozen_modules()
+        for module in found:
+            module.requires_grad_(False)
+        return found
+
+    def parameter_report(self) -> dict[str, Any]:
+        """Which (sub)modules are frozen and which are trained, with parameter counts (for results files).
+
+        Call it after :meth:`freeze` (the engine freezes right after :meth:`Task.build`). ``trained`` lists the
+        largest (sub)module paths with trainable parameters and no frozen part (a module with no frozen part is
+        listed by its name alone); ``frozen`` the :attr:`frozen` paths.
+        """
+        frozen = set(self.frozen)
+
+        def trained(module: nn.Module, path: str) -> list[str]:
+            if path in frozen or not any(p.requires_grad for p in module.parameters()):
+                return []
+            if not any(f.startswith(path + ".") for f in frozen):
+                return [path]
+            found = [p for name, child in module.named_children() for p in trained(child, f"{path}.{name}")]
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                found.append(f"{path} (own parameters)")
+            return found
+
+        params = [p for m in self.modules.values() for p in m.parameters()]
+        return {"frozen": list(self.frozen), "trained": [p for n, m in self.modules.items() for p in trained(m, n)],
+                "n_trained_parameters": int(sum(p.numel() for p in params if p.requires_grad)),
+                "n_frozen_parameters": int(sum(p.numel() for p in params if not p.requires_grad))}
 
 
 @dataclass

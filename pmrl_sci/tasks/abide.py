@@ -158,6 +158,9 @@ class AbideConfig:
     label_noise: float = 0.0
     text_fields: list[str] = field(default_factory=lambda: list(DEFAULT_TEXT_FIELDS))
     threshold: str = "0.5"
+    init_from: str | None = None  # a finished run folder to start from (pmrl_sci.tasks.abide_adapt)
+    adapt: str = "none"
+    adapt_labels: int | None = None
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modalities if m not in ABIDE_MODALITIES]
@@ -171,6 +174,9 @@ class AbideConfig:
         if self.folds is not None and self.folds < 2:
             raise InputError(f"--folds must be >= 2, got {self.folds}")
         self._check_site_options()
+        from pmrl_sci.tasks.abide_adapt import check_adapt_options
+
+        check_adapt_options(self)
         check_run_options(self)
         check_objective_options(self, len(self.modalities))
         if not 0.0 <= self.label_noise <= 1.0:
@@ -525,14 +531,25 @@ def _run_abide(config: AbideConfig, dist_info: DistInfo) -> dict[str, Any]:
         print(f"[pmrl_sci.abide] reusing cached preprocessed data from {cache / 'abide_preprocessed'}")
     resolved = dataclasses.asdict(config) | {"data_root": str(root), "freesurfer_resolved": str(fs_dir),
                                              "simulated_data": simulated, "device_resolved": str(device)}
+    adaptation = None
+    if config.init_from is not None:  # --init-from: checked, and the units mapped, before anything is written
+        from pmrl_sci.tasks.abide_adapt import open_adaptation
+
+        adaptation = open_adaptation(config, cohort, resolved)
+        cohort = adaptation.cohort
     splits = unit_splits(cohort, config)  # bad site options are refused before the run folder is written
+    if adaptation is not None:
+        adaptation.plan_units(splits)
     open_run(run, resolved, ignore=("data_root", "freesurfer_resolved"))
-    run.write_json("data_report.json", cohort.report | {"sites_as_domains": site_report(config)})
+    run.write_json("data_report.json", cohort.report | {"sites_as_domains": site_report(config)}
+                   | ({"adaptation": adaptation.report()} if adaptation is not None else {}))
     leaky = config.combat == "paper"
     if leaky:
         run.write_text("LEAKY.txt", "ComBat was fitted on all subjects with diagnosis as a covariate (--combat paper):"
                                     " test labels leaked into the sMRI features. For comparison with the paper only.\n")
     def run_one(unit: str, seed: int, parts: dict[str, np.ndarray]) -> dict[str, Any]:
+        if adaptation is not None:
+            return adaptation.run_unit(unit, seed, run, device, dist_info)
         if config.model in FIT_BASELINES:
             return fit_baseline_unit(config, cohort, parts, seed, unit)
         return train_abide_unit(config, cohort, parts, seed, unit, run, device, dist_info)
@@ -555,6 +572,8 @@ def _run_abide(config: AbideConfig, dist_info: DistInfo) -> dict[str, Any]:
     summary["combat_unseen"] = {"mode": config.combat_unseen, "estimated_from_unlabelled_test_subjects": {
         r["unit"]: r["prep"]["combat"]["unseen_sites"] for r in results
         if r.get("prep", {}).get("combat", {}).get("unlabelled_estimation")}}
+    if adaptation is not None:
+        summary["adaptation"] = adaptation.summary(results, unseen)
     summary["distributed"] = {"world_size": dist_info.world_size, "backend": dist_info.backend}
     run.write_results(summary)
     if not dist_info.is_main:

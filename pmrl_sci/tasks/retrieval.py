@@ -50,6 +50,7 @@ from pmrl_sci.tasks.retrieval_model import build_encoders, build_matching, embed
 
 if TYPE_CHECKING:  # pragma: no cover
     from pmrl_sci.distributed import DistInfo, GlobalBatchSampler
+    from pmrl_sci.tasks.retrieval_continual import Continual
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class RetrievalConfig:
     out: str | None = None
     progress: bool = True
     tensorboard: bool = False
+    init_from: str | None = None  # a finished run with one modality fewer (pmrl_sci.tasks.retrieval_continual)
 
     def __post_init__(self) -> None:
         if self.objective not in ("pmrl", "gram", "vast"):
@@ -321,22 +323,28 @@ def _is_scalar(value: Any) -> bool:
 
 def train_retrieval_unit(cfg: RetrievalConfig, loaded: RetrievalData, anchor: str, seed: int, unit: str,
                          run: RunFolder, device: torch.device, dist_info: DistInfo | None = None,
-                         label_file: str | None = None) -> dict[str, Any]:
+                         label_file: str | None = None, continual: Continual | None = None) -> dict[str, Any]:
     """Train one seed on the engine and return its result (test recall of the epoch selected on validation).
 
     Under torchrun the model trains through DDP on each rank's share of every global batch of ``--batch-size``
-    rows; the objectives gather embeddings across ranks; validation and test are sharded and gathered.
+    rows; the objectives gather embeddings across ranks; validation and test are sharded and gathered. With
+    ``continual`` (``--init-from``) the unit starts from the source unit's model and trains the new modality's
+    encoder only (:mod:`pmrl_sci.tasks.retrieval_continual`).
     """
     rows = unit_rows(loaded.data, cfg, seed)
     sharded = dist_info is not None and dist_info.distributed
-    task = RetrievalTask(cfg, loaded, rows, anchor, label_file=label_file, sharded=sharded)
+    task = (RetrievalTask(cfg, loaded, rows, anchor, label_file=label_file, sharded=sharded) if continual is None
+            else continual.task(cfg, loaded, rows, unit, label_file, sharded))
     outcome = engine_train_unit(task, train_settings(cfg, has_validation=rows.val.size > 0), unit=unit, seed=seed,
                                 run=run, device=device, dist_info=dist_info)
     best = outcome.best
-    return {"unit": unit, "seed": seed, "best_epoch": best.epoch, "best_val": best.score,
-            "epochs_run": outcome.epochs_run, "final_train": outcome.last_train, "n_train": int(rows.fit.size),
-            "n_val": int(rows.val.size), "n_test": int(rows.test.size), "few_shot_mode": rows.few_shot_mode,
-            "global_batch_size": min(cfg.batch_size, int(rows.fit.size)), **best.test}
+    result = {"unit": unit, "seed": seed, "best_epoch": best.epoch, "best_val": best.score,
+              "epochs_run": outcome.epochs_run, "final_train": outcome.last_train, "n_train": int(rows.fit.size),
+              "n_val": int(rows.val.size), "n_test": int(rows.test.size), "few_shot_mode": rows.few_shot_mode,
+              "global_batch_size": min(cfg.batch_size, int(rows.fit.size)), **best.test}
+    if continual is not None:
+        result["continual"] = continual.unit_record(unit, task, best.test)  # type: ignore[arg-type]
+    return result
 
 
 def zero_shot_label_file(cfg: RetrievalConfig, loaded: RetrievalData) -> str | None:
@@ -382,10 +390,17 @@ def _run_retrieval(cfg: RetrievalConfig, dist_info: DistInfo) -> dict[str, Any]:
     resolved = dataclasses.asdict(cfg) | {"out": str(run.path), "resolved_manifest": str(loaded.manifest_path),
                                           "modalities": data.modalities, "sample_rate": loaded.sample_rate,
                                           "anchor": anchor, "device_resolved": str(device)}
+    continual = None
+    if cfg.init_from is not None:  # checked, with every unit's source unit, before anything is written
+        from pmrl_sci.tasks.retrieval_continual import open_continual
+
+        continual = open_continual(cfg, data.modalities, anchor, resolved)
+        for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+            continual.check_unit(f"seed{seed}", unit_rows(data, cfg, seed))
     open_run(run, resolved, ignore=("resolved_manifest",))
 
     def run_one(unit: str, seed: int) -> dict[str, Any]:
-        return train_retrieval_unit(cfg, loaded, anchor, seed, unit, run, device, dist_info, label_file)
+        return train_retrieval_unit(cfg, loaded, anchor, seed, unit, run, device, dist_info, label_file, continual)
 
     units = [(f"seed{seed}", (lambda u=f"seed{seed}", s=seed: run_one(u, s)))
              for seed in range(cfg.seed, cfg.seed + cfg.seeds)]
@@ -408,6 +423,8 @@ def _run_retrieval(cfg: RetrievalConfig, dist_info: DistInfo) -> dict[str, Any]:
     }
     if label_file:
         summary["zero_shot"] = average_zero_shot([r["zero_shot"] for r in results])
+    if continual is not None:
+        summary["continual"] = continual.summary(results)
     if dist_info.is_main:
         summary["heatmap"] = str(plot_recall_heatmap(run, recall, data.modalities))
     summary["seconds"] = time.perf_counter() - started
