@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--text-fields", nargs="+", default=d.text_fields, metavar="FIELD",
                       help=f"phenotype fields of the text, from {list(TEXT_FIELDS)} (-9999 or blank: 'not stated'); "
                            f"never a diagnosis-derived field ({', '.join(EXCLUDED_FIELDS[:4])}, ADOS, ADI-R, SRS...: "
-                           "refused). Default: age sex, the text 'age: <age>, gender: <gender>'")
+                           "refused). Default: all six, e.g. 'age: 12, gender: male, handedness: left, full-scale IQ: "
+                           "112, ...'; the paper's text is --text-fields age sex")
     data.add_argument("--download", action="store_true", help="fetch ABIDE with nilearn's fetch_abide_pcp (network)")
     data.add_argument("--cache-dir", default=d.cache_dir,
                       help="cache for generated data, preprocessed tensors and text embeddings "

@@ -25,7 +25,8 @@ QUICK_ARGS: tuple[str, ...] = ("--default-subjects", "36", "--default-sites", "2
 #: Resolved options that must agree between a sub-folder's stored config.json and a rerun (anything
 #: else, such as --seeds, --device or --cache-dir, may change: the front end resumes finished units).
 RESUME_KEYS: tuple[str, ...] = (
-    "model", "objective", "data_dir", "atlas", "default_subjects", "default_sites", "split", "folds", "epochs",
+    "model", "objective", "fmri_encoder", "align_epochs", "setting", "data_dir", "atlas", "default_subjects",
+    "default_sites", "split", "folds", "epochs",
     "patience", "batch_size", "lr", "weight_decay", "embed_dim", "dropout", "tau1", "tau2", "lambda1",
     "instance_term", "rank", "temperature", "anchor", "align_weight", "classification_weight", "gram_contrastive",
     "input_noise", "label_noise", "combat", "fmri_channels", "text_model", "text_fields", "threshold")
