@@ -1,7 +1,9 @@
 """ABIDE benchmark (the paper's Table 4): baselines, VAST, GRAM and PMRL on the same splits and seeds.
 
-PMRL runs twice: with the paper's L_M (``--no-sign-aware``, the row compared with the paper's number) and with
-the kit's sign-aware L_M (the front end's default); each row's label says which.
+Every run starts from the paper's setting (``--setting paper``: BrainNetTF on Pearson and partial correlation,
+the text "age, gender", tau1 0.05, tau2 0.4, lambda1 1, threshold 0.5), not the kit's recipe. PMRL runs twice:
+with the paper's L_M (the row compared with the paper's number) and with the kit's sign-aware L_M
+(``--sign-aware``); each row's label says which.
 
 Runs ``python -m pmrl_sci.abide`` once per method, each in ``<out>/<method>``, with the same
 ``--seeds`` and ``--seed`` (so the same BrainNetTF 70/10/20 splits), then writes
@@ -48,7 +50,7 @@ METHODS = [
     Method("vast", "VAST", ["--objective", "vast"]),
     Method("gram", "GRAM", ["--objective", "gram"]),
     Method("pmrl", PMRL_PAPER, ["--objective", "pmrl", "--no-sign-aware"]),
-    Method("pmrl-sign-aware", PMRL_SIGN_AWARE, ["--objective", "pmrl"]),
+    Method("pmrl-sign-aware", PMRL_SIGN_AWARE, ["--objective", "pmrl", "--sign-aware"]),
 ]
 
 

@@ -26,7 +26,7 @@ from pmrl_sci.tasks.abide_methods import Method, table_experiment_main
 _PAPER = ["--objective", "pmrl", "--no-sign-aware"]
 METHODS = [
     Method("pmrl", "PMRL (paper L_M)", _PAPER),
-    Method("pmrl-sign-aware", "PMRL (sign-aware L_M)", ["--objective", "pmrl"]),
+    Method("pmrl-sign-aware", "PMRL (sign-aware L_M)", ["--objective", "pmrl", "--sign-aware"]),
     Method("pmrl-no-instance", "PMRL (paper L_M) w/o instance term", [*_PAPER, "--no-instance-term"]),
     Method("pmrl-no-classification", "PMRL (paper L_M) w/o classification", [*_PAPER, "--classification-weight", "0"]),
     Method("pmrl-rank2", "PMRL (paper L_M) sigma1+sigma2", [*_PAPER, "--rank", "2"]),

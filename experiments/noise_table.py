@@ -32,6 +32,7 @@ from pmrl_sci.reports.tables import (
     write_table,
 )
 from pmrl_sci.tasks.abide_methods import (
+    PAPER_PRESET,
     Method,
     MethodOutcome,
     describe_methods,
@@ -48,7 +49,7 @@ OBJECTIVES = {
     "vast": ("VAST", ["--objective", "vast"]),
     "gram": ("GRAM", ["--objective", "gram"]),
     "pmrl": ("PMRL (paper L_M)", ["--objective", "pmrl", "--no-sign-aware"]),
-    "pmrl-sign-aware": ("PMRL (sign-aware L_M)", ["--objective", "pmrl"]),
+    "pmrl-sign-aware": ("PMRL (sign-aware L_M)", ["--objective", "pmrl", "--sign-aware"]),
 }
 
 #: The paper's Table 10 (AUC / ACC, %) at S = 0.4 and P = 0.3.
@@ -113,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if method.name not in seen:  # the clean run is shared by both sweeps
                     seen.add(method.name)
                     methods.append(method)
-        shared = shared_front_end_args(args, forward)
+        shared = shared_front_end_args(args, forward, PAPER_PRESET)
     except ValueError as exc:
         parser.error(str(exc))
     if args.list:

@@ -355,13 +355,15 @@ def _parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | No
     return parser.parse_args(argv)
 
 
-def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv``; values from ``-c config.yaml`` become defaults that explicit flags override.
+def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
+                           presets: Mapping[str, Mapping[str, Any]] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; values from ``-c config.yaml`` become defaults that explicit flags override (and ``presets``
+    as in :func:`parse_dataclass_config`).
 
     The file's values are checked by :func:`load_config_file`; a bad file is a command-line error
     (exit status 2) that names the file, the key and what was expected.
     """
-    return _parse_with_config(parser, argv, None)
+    return _parse_with_config(parser, argv, None, presets)
 
 
 def parse_dataclass_config(parser: argparse.ArgumentParser, config_class: type[T],

@@ -86,12 +86,14 @@ def add_objective_options(parser: argparse.ArgumentParser, defaults: Any,
     add("--tau1", dest="tau1", type=float, help="PMRL: temperature over singular values")
     add("--tau2", dest="tau2", type=float, help="PMRL: temperature of the instance-wise term")
     add("--lambda1", dest="lambda1", type=float, help="PMRL: weight of the instance-wise term")
-    add("--no-instance-term", dest="instance_term", action="store_false",
-        help="PMRL without the instance-wise term (ablation 'w/o reg')")
+    add("--instance-term", dest="instance_term", action=argparse.BooleanOptionalAction,
+        help="PMRL's instance-wise term L_M' (weight --lambda1, temperature --tau2); --no-instance-term drops it "
+             "(the ablation 'w/o reg')")
     add("--rank", dest="rank", type=int, help="PMRL: leading singular values maximised (<= modalities)")
-    add("--no-sign-aware", dest="sign_aware", action="store_false",
-        help="PMRL: the paper's sign-blind L_M (sigma_1 is the same when a modality is negated); by default the "
-             "leading value is the energy along the mean embedding, which only full, same-sign alignment maximises")
+    add("--sign-aware", dest="sign_aware", action=argparse.BooleanOptionalAction,
+        help="PMRL: the leading value is the energy along the mean embedding, which only full, same-sign "
+             "alignment maximises; --no-sign-aware: the paper's sign-blind L_M (sigma_1 is the same when a "
+             "modality is negated)")
     add("--temperature", dest="temperature", type=float, help="GRAM/VAST: initial temperature")
     add("--anchor", dest="anchor", help="GRAM/VAST anchor modality")
     add("--gram-volume-only", dest="gram_contrastive", action="store_false",

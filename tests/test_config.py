@@ -211,7 +211,7 @@ def test_help_formatter_on_the_abide_front_end(monkeypatch):
     assert "(default: True)" in before["--no-quality-filter"] or parser.formatter_class is HelpFormatter
     parser.formatter_class = HelpFormatter
     entries = _help_entries(parser)
-    for option in ("--no-quality-filter", "--no-instance-term", "--no-sign-aware", "--gram-volume-only",
+    for option in ("--no-quality-filter", "--instance-term", "--sign-aware", "--gram-volume-only",
                    "--download", "--no-progress", "--folds"):
         assert "(default" not in entries[option], entries[option]
     for entry in entries.values():

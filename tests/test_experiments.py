@@ -277,9 +277,10 @@ def test_every_pmrl_row_names_its_form(script):
     else:
         methods = module.METHODS
     pmrl_rows = [m for m in methods if "pmrl" in m.args]
-    assert {"--no-sign-aware" in m.args for m in pmrl_rows} == {True, False}  # both forms are run
+    # every run starts from the paper's setting (sign_aware False), so the sign-aware rows must ask for it
+    assert {"--sign-aware" in m.args for m in pmrl_rows} == {True, False}  # both forms are run
     for method in pmrl_rows:
-        paper = "--no-sign-aware" in method.args
+        paper = "--sign-aware" not in method.args
         assert ("paper L_M" in method.label) == paper and ("sign-aware L_M" in method.label) == (not paper), method
         if "--rank" in method.args:
             assert paper  # rank 2 is defined for the paper's form
@@ -303,6 +304,7 @@ def test_quick_noise_experiment_with_levels(table_run, tmp_path):
     assert "| 79.2 | 66.2 |" in text
     config = json.loads((tmp_path / "input-0.4" / "pmrl" / "config.json").read_text())
     assert config["sign_aware"] is False  # the paper's numbers are for the paper's L_M
+    assert config["setting"] == "paper" and config["fmri_encoder"] == "brainnettf" and config["instance_term"]
     sweep = pd.read_csv(tmp_path / "sweep.csv")
     assert sorted(zip(sweep["noise"], sweep["level"])) == [("input", 0.0), ("input", 0.4), ("label", 0.3)]
     assert (tmp_path / "noise_curves.png").is_file()

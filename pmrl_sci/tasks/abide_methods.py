@@ -90,8 +90,10 @@ def _normalise(value: Any) -> Any:
     return value
 
 
-def resume_conflicts(parser: Any, argv: Sequence[str], folder: Path) -> list[str]:
-    """Options of ``argv`` that differ from the ``config.json`` already in ``folder`` (see :data:`RESUME_KEYS`)."""
+def resume_conflicts(parser: Any, argv: Sequence[str], folder: Path,
+                     presets: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """Options of ``argv`` (with the front end's ``--setting`` ``presets``) that differ from the ``config.json``
+    already in ``folder`` (see :data:`RESUME_KEYS`)."""
     stored_file = folder / "config.json"
     if not stored_file.is_file():
         return []
@@ -101,13 +103,14 @@ def resume_conflicts(parser: Any, argv: Sequence[str], folder: Path) -> list[str
         stored = json.loads(stored_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return [f"{stored_file} is not valid JSON"]
-    asked = vars(parse_args_with_config(parser, list(argv)))
+    asked = vars(parse_args_with_config(parser, list(argv), presets))
     return [f"{key}: stored {stored[key]!r}, asked {asked[key]!r}" for key in RESUME_KEYS
             if key in stored and key in asked and _normalise(stored[key]) != _normalise(asked[key])]
 
 
 def run_methods(methods: Sequence[Method], out_dir: str | os.PathLike[str], shared_args: Sequence[str],
-                main: Any = None, build_parser: Any = None) -> list[MethodOutcome]:
+                main: Any = None, build_parser: Any = None,
+                presets: Mapping[str, Mapping[str, Any]] | None = None) -> list[MethodOutcome]:
     """Run the front end once per method, in ``<out_dir>/<method.name>``, and report each outcome.
 
     Parameters
@@ -123,6 +126,8 @@ def run_methods(methods: Sequence[Method], out_dir: str | os.PathLike[str], shar
         method's own.
     main, build_parser : callable, optional
         The front end's ``main(argv)`` and ``build_parser()``; default :mod:`pmrl_sci.abide`.
+    presets : mapping, optional
+        The front end's ``--setting`` presets (default: ABIDE's, :data:`pmrl_sci.tasks.abide.SETTINGS`).
 
     Notes
     -----
@@ -134,6 +139,8 @@ def run_methods(methods: Sequence[Method], out_dir: str | os.PathLike[str], shar
 
         main = main or abide.main
         build_parser = build_parser or abide.build_parser
+    if presets is None:
+        from pmrl_sci.tasks.abide import SETTINGS as presets
     names = [m.name for m in methods]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -148,7 +155,7 @@ def run_methods(methods: Sequence[Method], out_dir: str | os.PathLike[str], shar
             outcomes.append(MethodOutcome(method, folder, "skipped",
                                           f"the front end has no {', '.join(lacking)} option", argv))
             continue
-        conflicts = resume_conflicts(build_parser(), argv, folder)
+        conflicts = resume_conflicts(build_parser(), argv, folder, presets)
         if conflicts:
             outcomes.append(MethodOutcome(method, folder, "failed",
                                           f"{folder} holds a run with other options ({'; '.join(conflicts)}): "
@@ -210,12 +217,17 @@ def experiment_parser(description: str, default_out: str) -> Any:
     return parser
 
 
-def shared_front_end_args(args: Any, forward: Sequence[str]) -> list[str]:
-    """Front-end options common to every method: quick preset, seeds, then the user's extra options."""
+#: what the paper-reproduction scripts (Table 4, Table 10, ablations) give every run: the paper's setting
+PAPER_PRESET: tuple[str, ...] = ("--setting", "paper")
+
+
+def shared_front_end_args(args: Any, forward: Sequence[str], preset: Sequence[str] = ()) -> list[str]:
+    """Front-end options common to every method: quick preset, ``preset`` (e.g. :data:`PAPER_PRESET`), seeds,
+    then the user's extra options (which override the others)."""
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else 5)
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    return [*(QUICK_ARGS if args.quick else ()), "--seeds", str(seeds), "--seed", str(args.seed),
+    return [*(QUICK_ARGS if args.quick else ()), *preset, "--seeds", str(seeds), "--seed", str(args.seed),
             *forward]
 
 
@@ -245,8 +257,11 @@ def describe_methods(methods: Sequence[Method]) -> str:
 
 def table_experiment_main(methods_catalog: Sequence[Method], argv: Sequence[str] | None, *, description: str,
                           default_out: str, title: str,
-                          reference: Mapping[Any, Mapping[str, str]] | None = None) -> int:
+                          reference: Mapping[Any, Mapping[str, str]] | None = None,
+                          preset: Sequence[str] = PAPER_PRESET) -> int:
     """The whole of a one-table experiment script: parse, run every selected method, write table and figures.
+
+    Every run gets ``preset`` first (default: the paper's setting, as these scripts reproduce the paper's tables).
 
     Returns the exit status (1 when a method failed), as :func:`report_outcomes`.
     """
@@ -254,7 +269,7 @@ def table_experiment_main(methods_catalog: Sequence[Method], argv: Sequence[str]
     args, forward = parser.parse_known_args(argv)
     try:
         methods = select_methods(methods_catalog, args.methods)
-        shared = shared_front_end_args(args, forward)
+        shared = shared_front_end_args(args, forward, preset)
     except ValueError as exc:
         parser.error(str(exc))
     if args.list:
