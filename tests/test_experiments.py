@@ -313,3 +313,24 @@ def test_quick_noise_experiment_with_levels(table_run, tmp_path):
     done = json.loads((tmp_path / "label-0.3" / "pmrl" / "done" / "seed0.json").read_text())
     assert 0 < done["prep"]["label_noise_flipped"] < done["n_train"]  # 23 training labels at P = 0.3
     assert json.loads((tmp_path / "input-0.4" / "pmrl" / "config.json").read_text())["input_noise"] == 0.4
+
+
+def test_quick_site_shift_table_has_every_site_before_and_after_adaptation(tmp_path):
+    site_shift = _script("site_shift")
+    out = tmp_path / "shift"
+    argv = ["--quick", "--seeds", "1", "--methods", "pmrl", "logistic", "--epochs", "1", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert site_shift.main(argv) == 0
+    table = pd.read_csv(out / "site_shift.csv", index_col=0)
+    source = json.loads((out / "pmrl" / "results.json").read_text())
+    adapted = json.loads((out / "pmrl-align" / "results.json").read_text())
+    sites = sorted(source["per_site"])
+    assert list(table.index) == [*sites, "mean over sites"] and len(sites) == 2  # --quick: 2 sites
+    label = "Multimodal, PMRL (default command)"
+    for site in sites:  # the before column is the source model on the same subjects
+        assert table.loc[site, f"{label}: before"] == pytest.approx(source["per_site"][site]["auc"])
+        assert table.loc[site, f"{label}: after align"] == pytest.approx(
+            adapted["adaptation"]["per_site"]["after"][site]["auc"])
+    assert table.loc["mean over sites", label] == pytest.approx(np.mean([source["per_site"][s]["auc"] for s in sites]))
+    assert json.loads((out / "pmrl-align" / "config.json").read_text())["adapt"] == "align"
+    assert "Logistic regression (connectivity)" in table.columns and (out / "site_shift.png").is_file()
