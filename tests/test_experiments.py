@@ -334,3 +334,16 @@ def test_quick_site_shift_table_has_every_site_before_and_after_adaptation(tmp_p
     assert table.loc["mean over sites", label] == pytest.approx(np.mean([source["per_site"][s]["auc"] for s in sites]))
     assert json.loads((out / "pmrl-align" / "config.json").read_text())["adapt"] == "align"
     assert "Logistic regression (connectivity)" in table.columns and (out / "site_shift.png").is_file()
+
+
+def test_methods_resume_when_the_front_end_resolved_options_itself(tmp_path):
+    # --epochs left unset (its default depends on the data) and --model logistic (which fixes the objective to
+    # none) are recorded resolved; a rerun with the same command must resume, not be refused
+    shared = ["--default-subjects", "36", "--default-sites", "2", "--atlas", "tt", "--no-progress", "--cache-dir",
+              str(tmp_path / "cache")]
+    methods = [Method("logistic", "Logistic regression", ["--model", "logistic"])]
+    assert run_methods(methods, tmp_path, shared)[0].status == "done"
+    again = run_methods(methods, tmp_path, shared)[0]
+    assert again.status == "done", again.message
+    changed = run_methods(methods, tmp_path, [*shared, "--epochs", "3"])[0]
+    assert changed.status == "failed" and "epochs: stored 30, asked 3" in changed.message

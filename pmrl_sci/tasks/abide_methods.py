@@ -93,7 +93,13 @@ def _normalise(value: Any) -> Any:
 def resume_conflicts(parser: Any, argv: Sequence[str], folder: Path,
                      presets: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
     """Options of ``argv`` (with the front end's ``--setting`` ``presets``) that differ from the ``config.json``
-    already in ``folder`` (see :data:`RESUME_KEYS`)."""
+    already in ``folder`` (see :data:`RESUME_KEYS`).
+
+    The asked options are resolved as the ABIDE front end resolves them before it records them (``--model``
+    fixing the objective and modalities, :func:`~pmrl_sci.tasks.abide.resolve_model`); an option left unset
+    (``None``, e.g. ``--epochs``, whose default depends on the data) is not compared: the front end's own check
+    compares it once resolved.
+    """
     stored_file = folder / "config.json"
     if not stored_file.is_file():
         return []
@@ -104,8 +110,24 @@ def resume_conflicts(parser: Any, argv: Sequence[str], folder: Path,
     except json.JSONDecodeError:
         return [f"{stored_file} is not valid JSON"]
     asked = vars(parse_args_with_config(parser, list(argv), presets))
+    asked.update(_resolved_abide_options(asked))
     return [f"{key}: stored {stored[key]!r}, asked {asked[key]!r}" for key in RESUME_KEYS
-            if key in stored and key in asked and _normalise(stored[key]) != _normalise(asked[key])]
+            if key in stored and asked.get(key) is not None and _normalise(stored[key]) != _normalise(asked[key])]
+
+
+def _resolved_abide_options(asked: Mapping[str, Any]) -> dict[str, Any]:
+    """``asked`` after :func:`~pmrl_sci.tasks.abide.resolve_model` (empty when they are not ABIDE options)."""
+    import dataclasses
+
+    from pmrl_sci.errors import InputError
+    from pmrl_sci.tasks.abide import AbideConfig, resolve_model
+
+    names = {f.name for f in dataclasses.fields(AbideConfig)}
+    try:
+        config = resolve_model(AbideConfig(**{k: v for k, v in asked.items() if k in names}))
+    except (InputError, TypeError, ValueError):
+        return {}
+    return {key: value for key, value in dataclasses.asdict(config).items() if key in asked}
 
 
 def run_methods(methods: Sequence[Method], out_dir: str | os.PathLike[str], shared_args: Sequence[str],
