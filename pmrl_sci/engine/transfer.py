@@ -47,14 +47,18 @@ class SourceRun:
         config_file = self.path / "config.json"
         if not config_file.is_file():
             raise InputError(f"{option} {self.path}: {config_file} is missing (not a run folder of the kit?)")
-        try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{option}: cannot read {config_file} ({exc})") from None
-        if not isinstance(config, dict):
-            raise InputError(f"{option}: {config_file} does not hold a mapping of options")
-        self.config: dict[str, Any] = config
+        self.config: dict[str, Any] = self._read_mapping(config_file, "a mapping of options")
         self.config_file = config_file
+
+    def _read_mapping(self, path: Path, what: str) -> dict[str, Any]:
+        """The JSON object in ``path``; refused, naming the file, when it is unreadable or not ``what``."""
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{self.option}: cannot read {path} ({exc})") from None
+        if not isinstance(value, dict):
+            raise InputError(f"{self.option}: {path} does not hold {what}")
+        return value
 
     def get(self, key: str, default: Any = None) -> Any:
         """The source's resolved option ``key``."""
@@ -94,13 +98,7 @@ class SourceRun:
         if not path.is_file():
             raise InputError(f"{self.option} {self.path}: unit {unit} of the source run is not finished ({path} is "
                              "missing); finish the source run first")
-        try:
-            result = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{self.option}: cannot read {path} ({exc})") from None
-        if not isinstance(result, dict):
-            raise InputError(f"{self.option}: {path} does not hold a unit result")
-        return result
+        return self._read_mapping(path, "a unit result")
 
     def checkpoint_path(self, unit: str, name: str | None = None) -> Path:
         """``checkpoints/<unit>.pt`` (``<unit>-<name>.pt`` for a named selection of a task with several)."""
