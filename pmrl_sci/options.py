@@ -7,7 +7,7 @@ options whose destination is a field of the dataclass; the names and meanings ar
 * :func:`add_run_options`: ``--seed`` (first seed), ``--seeds``, ``--out``, ``--device``, ``--no-progress``,
   ``--tensorboard`` (``-c/--config`` is added by :func:`pmrl_sci.config.parse_dataclass_config`);
 * :func:`add_training_options`: ``--epochs``, ``--patience`` (0: no early stopping), ``--batch-size``,
-  ``--lr``, ``--weight-decay``, ``--warmup-ratio``, ``--grad-clip``;
+  ``--lr``, ``--weight-decay``, ``--warmup-ratio``, ``--grad-clip``, ``--ema-decay``;
 * :func:`add_objective_options`: ``--objective``, ``--tau1``, ``--tau2``, ``--lambda1``, ``--no-instance-term``,
   ``--no-sign-aware``, ``--rank``, ``--temperature``, ``--anchor``, ``--gram-volume-only``, ``--align-weight``,
   ``--classification-weight``.
@@ -61,7 +61,8 @@ def add_run_options(parser: argparse.ArgumentParser, defaults: Any, prefix: str 
 
 def add_training_options(parser: argparse.ArgumentParser, defaults: Any,
                          helps: Mapping[str, str] | None = None) -> argparse._ArgumentGroup:
-    """``--epochs --patience --batch-size --lr --weight-decay --warmup-ratio --grad-clip``; returns the group."""
+    """``--epochs --patience --batch-size --lr --weight-decay --warmup-ratio --grad-clip --ema-decay``; returns
+    the group."""
     group = parser.add_argument_group("training")
     add = _adder(group, defaults, helps)
     add("--epochs", dest="epochs", type=int, help="maximum epochs per unit (numbered from 0)")
@@ -72,6 +73,9 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: Any,
     add("--weight-decay", dest="weight_decay", type=float, help="weight decay")
     add("--warmup-ratio", dest="warmup_ratio", type=float, help="fraction of steps with a linear warm-up")
     add("--grad-clip", dest="grad_clip", type=float, help="clip the gradient norm to this value; 0: off")
+    add("--ema-decay", dest="ema_decay", type=float,
+        help="validate, select and test an exponential moving average of the weights with this decay per step "
+             "(e.g. 0.99); 0: off")
     return group
 
 
@@ -121,7 +125,7 @@ def check_run_options(cfg: Any) -> None:
         raise InputError(f"--seeds must be >= 1, got {cfg.seeds}")
     if getattr(cfg, "batch_size", 1) < 1:
         raise InputError(f"--batch-size must be >= 1, got {cfg.batch_size}")
-    names = ("lr", "weight_decay", "warmup_ratio", "grad_clip", "tau1", "tau2", "lambda1", "temperature",
+    names = ("lr", "weight_decay", "warmup_ratio", "grad_clip", "ema_decay", "tau1", "tau2", "lambda1", "temperature",
              "align_weight", "classification_weight")
     check_finite({n: getattr(cfg, n) for n in names if hasattr(cfg, n)})
     for name in ("lr", "tau1", "tau2", "temperature"):

@@ -224,3 +224,53 @@ def test_a_unit_killed_after_early_stopping_does_not_train_again(tmp_path):
     assert resumed.resumed_from == 3 and resumed.epochs_run == reference.epochs_run == 4
     assert resumed.best.epoch == 1 and resumed.best.test == reference.best.test
     assert [r["epoch"] for r in run.read_metrics()] == [0, 1, 2, 3]
+
+
+def test_weight_average_follows_the_ema_update_and_lends_its_weights():
+    from pmrl_sci.engine.averaging import WeightAverage
+
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    average = WeightAverage({"m": model}, decay=0.9)
+    expected = start["0.weight"].clone()
+    for step in range(1, 100):
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        model[1].num_batches_tracked += 1
+        decay = min(0.9, (1 + step) / (10 + step))  # the warm-up form, then the target decay
+        expected = decay * expected + (1 - decay) * model[0].weight
+        average.update({"m": model})
+    torch.testing.assert_close(average.shadow["m"]["0.weight"], expected)
+    assert average.current_decay() == 0.9
+    assert int(average.shadow["m"]["1.num_batches_tracked"]) == 99  # integer buffers are copied
+    own = model[0].weight.detach().clone()
+    with average.swapped_in({"m": model}):
+        torch.testing.assert_close(model[0].weight.detach(), expected)
+    torch.testing.assert_close(model[0].weight.detach(), own)  # put back
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage({"m": model}, decay=1.0)
+    with pytest.raises(InputError, match="ema-decay"):
+        _settings(ema_decay=1.5)
+
+
+def test_ema_weights_are_validated_selected_tested_and_resumed(tmp_path):
+    raw = train_unit(TinyRegression(), _settings(), unit="u", seed=0, run=RunFolder(tmp_path / "raw"), device=CPU)
+    task = TinyRegression()
+    whole = train_unit(task, _settings(ema_decay=0.8), unit="u", seed=0, run=RunFolder(tmp_path / "ema"),
+                       device=CPU)
+    assert whole.best.test["weight"] != raw.best.test["weight"]  # the averaged weights were tested
+    assert whole.best.test["weight"] == task.weights_at[whole.best.epoch].flatten().tolist()  # as validated
+    selected = torch.load(tmp_path / "ema" / "checkpoints" / "u.pt", weights_only=True)
+    assert selected["model"]["1.weight"].flatten().tolist() == whole.best.test["weight"]
+
+    run = RunFolder(tmp_path / "killed")
+
+    def kill_at_epoch_3(unit, epoch, metrics):
+        if epoch == 3:
+            raise Killed
+
+    with epoch_callback(kill_at_epoch_3), pytest.raises(Killed):
+        train_unit(TinyRegression(), _settings(ema_decay=0.8), unit="u", seed=0, run=run, device=CPU)
+    resumed = train_unit(TinyRegression(), _settings(ema_decay=0.8), unit="u", seed=0, run=run, device=CPU)
+    assert resumed.resumed_from == 2
+    assert resumed.best.epoch == whole.best.epoch and resumed.best.test == whole.best.test

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
+from pmrl_sci.engine.averaging import WeightAverage
 from pmrl_sci.engine.optim import TrainSettings, build_lr_schedule, build_optimizer
 from pmrl_sci.engine.state import capture_rng, detached_state, load_stopper, restore_rng, stopper_state
 from pmrl_sci.engine.task import SelectedModel, Selection, Step, Task, UnitOutcome, shuffled_batches
@@ -100,6 +102,7 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
     stoppers = {s.name: EarlyStopping(patience=max(settings.patience, 1), mode=s.mode) for s in selections}
     best: dict[str, dict[str, dict[str, torch.Tensor]] | None] = {s.name: None for s in selections}
     start, stopped, last_train, resumed_from = 0, False, {}, None
+    average = WeightAverage(modules, settings.ema_decay) if settings.ema_decay > 0 else None
 
     checkpoint_name = resume_checkpoint_name(unit)
     saved = run.load_checkpoint(checkpoint_name, map_location="cpu")
@@ -109,6 +112,8 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         stoppers = {name: load_stopper(state) for name, state in saved["stoppers"].items()}
+        if average is not None:
+            average.load_state_dict(saved["ema"])
         best = dict(saved["best"])
         rng = saved["rng"]
         restore_rng(rng[rank] if rank < len(rng) else rng[0], generator)
@@ -148,6 +153,8 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
                     nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
                 optimizer.step()
                 scheduler.step()
+                if average is not None:
+                    average.update(modules)
                 weight = float(parts.get("weight", 1.0))
                 for key, value in parts.items():
                     if key != "weight":
@@ -164,14 +171,15 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
             if validated:
                 for module in modules.values():
                     module.eval()
-                metrics = task.validate(epoch)
+                with average.swapped_in(modules) if average is not None else nullcontext():
+                    metrics = task.validate(epoch)  # of the averaged weights under --ema-decay
+                    if epoch >= settings.select_from:  # earlier epochs: a phase whose states are never selected
+                        for selection in selections:
+                            score, tiebreak = selection.score(metrics)
+                            if stoppers[selection.name].step(score, epoch, tiebreak=tiebreak):
+                                best[selection.name] = {n: detached_state(m) for n, m in modules.items()}
+                        stopped = settings.patience > 0 and all(s.should_stop for s in stoppers.values())
                 record.update(metrics)
-                if epoch >= settings.select_from:  # earlier epochs: a phase whose states are never selected
-                    for selection in selections:
-                        score, tiebreak = selection.score(metrics)
-                        if stoppers[selection.name].step(score, epoch, tiebreak=tiebreak):
-                            best[selection.name] = {n: detached_state(m) for n, m in modules.items()}
-                    stopped = settings.patience > 0 and all(s.should_stop for s in stoppers.values())
             record["lr"] = scheduler.get_last_lr()[0]
             run.log_metrics(record)
             if writer is not None:
@@ -190,7 +198,8 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
                     "unit": unit, "epoch": epoch, "stopped": stopped, "last_train": last_train,
                     "modules": {n: m.state_dict() for n, m in modules.items()},
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "stoppers": {n: stopper_state(s) for n, s in stoppers.items()}, "best": best, "rng": rng})
+                    "stoppers": {n: stopper_state(s) for n, s in stoppers.items()}, "best": best, "rng": rng,
+                    "ema": average.state_dict() if average is not None else None})
             if stopped:
                 break
     finally:
@@ -206,7 +215,8 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
         state = best[selection.name]
         if state is None:  # every validation score was non-finite: the last state
             logger.warning("%s: no finite validation %s; testing the last epoch", unit, selection.metric)
-            state = {n: detached_state(m) for n, m in modules.items()}
+            state = ({n: detached_state(m) for n, m in modules.items()} if average is None
+                     else {n: dict(average.shadow[n]) for n in modules})
             chosen = SelectedModel(last_epoch, float("nan"))
         else:
             chosen = SelectedModel(stopper.best_epoch, float(stopper.best))  # type: ignore[arg-type]

@@ -42,6 +42,10 @@ class TrainSettings:
         First epoch that model selection and early stopping consider (0: all). The epochs before it form a
         phase whose states are never selected, e.g. self-supervised alignment before fine-tuning; they are still
         validated and logged, and the patience counts from ``select_from``.
+    ema_decay : float
+        0 (off), or the decay in (0, 1) of an exponential moving average of the weights, updated after every
+        step (:class:`~pmrl_sci.engine.averaging.WeightAverage`); validation, model selection, the selected
+        checkpoint and the test then use the averaged weights, while training continues on the raw ones.
     checkpoint_every : int
         Save the resume checkpoint every this many epochs (0: never; a killed unit then restarts).
     progress : bool
@@ -61,6 +65,7 @@ class TrainSettings:
     grad_clip: float = 0.0
     validate_every: int = 1
     select_from: int = 0
+    ema_decay: float = 0.0
     checkpoint_every: int = 1
     progress: bool = True
     tensorboard: bool = False
@@ -73,7 +78,7 @@ class TrainSettings:
         if int(self.patience) < 0:
             raise InputError(f"--patience must be >= 0 (0: no early stopping), got {self.patience}")
         check_finite({"lr": self.lr, "weight_decay": self.weight_decay, "warmup_ratio": self.warmup_ratio,
-                      "grad_clip": self.grad_clip})
+                      "grad_clip": self.grad_clip, "ema_decay": self.ema_decay})
         if self.lr <= 0:
             raise InputError(f"--lr must be > 0, got {self.lr}")
         if self.optimizer not in ("adam", "adamw"):
@@ -86,6 +91,8 @@ class TrainSettings:
             raise InputError(f"--grad-clip must be >= 0 (0: off), got {self.grad_clip}")
         if self.validate_every < 1:
             raise InputError(f"validate_every must be >= 1, got {self.validate_every}")
+        if not (self.ema_decay == 0 or 0 < self.ema_decay < 1):
+            raise InputError(f"--ema-decay must be 0 (off) or in (0, 1), got {self.ema_decay}")
         if not 0 <= int(self.select_from) < int(self.epochs):
             raise InputError(f"select_from must be in [0, epochs={self.epochs}), got {self.select_from}")
 
