@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--fmri-channels", choices=list(FMRI_CHANNELS), default=d.fmri_channels,
                       help="connectivity given to the fMRI encoder: Pearson correlation (BrainNetTF's connection "
                            "profiles), partial correlation, or both (node features concatenated)")
+    data.add_argument("--fmri-standardize", action=argparse.BooleanOptionalAction, default=d.fmri_standardize,
+                      help="standardise every connectivity entry with the training subjects' mean and standard "
+                           "deviation (as the logistic regressions' StandardScaler does)")
+    data.add_argument("--fmri-crop", type=float, default=d.fmri_crop, metavar="FRACTION",
+                      help="window-crop augmentation: each time a training subject is drawn, its Pearson "
+                           "connectivity is recomputed on a random window of this fraction of its ROI time series "
+                           "(validation and test use the whole series); 0: off")
     data.add_argument("--combat", choices=["train", "paper", "off"], default=d.combat,
                       help="ComBat for sMRI: fitted on training subjects (age, sex); 'paper' fits on all subjects "
                            "with diagnosis (leaky, marked in the run folder); or off")
@@ -106,13 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
         "patience": "early stopping on validation AUC: stop after this many epochs without improvement; 0: off",
         "lr": "Adam learning rate"})
     tr.add_argument("--split", choices=list(SPLITS), default=d.split,
-                    help="bnt: BrainNetTF protocol, site-stratified 70/10/20 train/validation/test; loso: leave one "
-                         "site out (one unit per site, validation carved from the other sites, stratified by "
-                         "diagnosis x site)")
+                    help="folds (default): K-fold cross-validation (--folds, default 5) stratified by diagnosis x "
+                         "site, a validation part carved from each training part (70/10/20 with 5 folds); bnt: the "
+                         "BrainNetTF protocol the paper used, one site-stratified 70/10/20 split per seed; loso: "
+                         "leave one site out (one unit per site, validation carved from the other sites, stratified "
+                         "by diagnosis x site)")
     tr.add_argument("--test-sites", default=d.test_sites, metavar="SITE[,SITE...]",
-                    help="test on these sites, train and validate on the others (instead of --split/--folds)")
+                    help="test on these sites, train and validate on the others (instead of the default folds; not "
+                         "with --split bnt/loso or --folds)")
     tr.add_argument("--folds", type=int, default=d.folds,
-                    help="K-fold cross-validation stratified by diagnosis and site instead of --split")
+                    help="K of the default cross-validation (--split folds), 5 when not given: every subject is "
+                         "tested once per seed")
     tr.add_argument("--threshold", choices=list(THRESHOLDS), default=d.threshold,
                     help="decision threshold of accuracy, sensitivity and specificity: 0.5, or 'val': the one "
                          "maximising balanced accuracy (Youden's J) on the validation subjects (AUC does not use it)")

@@ -8,6 +8,8 @@ from pmrl_sci.abide import main
 
 TINY = ["--default-subjects", "36", "--default-sites", "2", "--atlas", "tt", "--epochs", "2", "--batch-size", "8",
         "--embed-dim", "32", "--no-progress"]
+#: most tests train one unit: one BrainNetTF split instead of the default 5 folds
+BNT = [*TINY, "--split", "bnt"]
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +19,7 @@ def cache_dir(tmp_path_factory):
 
 def _run(tmp_path, cache_dir, *extra):
     out = tmp_path / "run"
-    return out, main([*TINY, "--cache-dir", str(cache_dir), "--out", str(out), *extra])
+    return out, main([*BNT, "--cache-dir", str(cache_dir), "--out", str(out), *extra])
 
 
 def test_three_modalities_end_to_end_and_resume(tmp_path, cache_dir, capsys):
@@ -45,7 +47,9 @@ def test_three_modalities_end_to_end_and_resume(tmp_path, cache_dir, capsys):
 def test_single_modality_folds_and_config_file(tmp_path, cache_dir):
     config = tmp_path / "config.yaml"
     config.write_text("objective: vast\nfolds: 2\nepochs: 1\n")
-    out, results = _run(tmp_path, cache_dir, "-c", str(config), "--modalities", "smri", "--epochs", "2")
+    out = tmp_path / "run"
+    results = main([*TINY, "--cache-dir", str(cache_dir), "--out", str(out), "-c", str(config), "--modalities", "smri",
+                    "--epochs", "2"])
     assert results["modalities"] == ["smri"] and results["auc"]["n"] == 2
     assert results["objective"] == "none"  # one modality: nothing to align
     resolved = (out / "config.yaml").read_text()
@@ -84,7 +88,7 @@ def test_abide_under_torchrun_two_cpu_ranks(tmp_path, cache_dir):
         port = sock.getsockname()[1]
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(port), "-m", "pmrl_sci.abide", *TINY, "--modalities", "fmri", "smri", "text",
+               "--master-port", str(port), "-m", "pmrl_sci.abide", *BNT, "--modalities", "fmri", "smri", "text",
                "--objective", "gram", "--device", "cpu", "--cache-dir", str(cache_dir), "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
@@ -123,7 +127,7 @@ def test_alignment_first_ignores_labels_and_is_never_selected(tmp_path, cache_di
             return arrays, info
         monkeypatch.setattr(abide_task, "prepare_split_arrays", prepared)
         run = tmp_path / f"flip{flip}"
-        main([*TINY, "--cache-dir", str(cache_dir), "--out", str(run), "--modalities", "fmri", "smri", "text",
+        main([*BNT, "--cache-dir", str(cache_dir), "--out", str(run), "--modalities", "fmri", "smri", "text",
               "--align-epochs", "2", "--epochs", "1", "--device", "cpu"])
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         states[flip] = records
@@ -136,7 +140,7 @@ def test_same_seed_same_run_on_cpu(tmp_path, cache_dir):
     runs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        main([*TINY, "--cache-dir", str(cache_dir), "--out", str(out), "--modalities", "fmri", "smri", "text",
+        main([*BNT, "--cache-dir", str(cache_dir), "--out", str(out), "--modalities", "fmri", "smri", "text",
               "--device", "cpu"])
         runs.append([json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()])
     losses = [[record["train_loss"] for record in run] for run in runs]
@@ -167,6 +171,11 @@ def test_rerun_with_other_options_is_refused(tmp_path, cache_dir, capsys):
     (["--patience", "-1"], "--patience must be >= 0"),
     (["--align-epochs", "2", "--objective", "none"], "--align-epochs needs the multimodal model"),
     (["--align-epochs", "-1"], "--align-epochs must be >= 0"),
+    (["--fmri-crop", "1.0"], "--fmri-crop must be 0 (off) or a fraction in (0, 1)"),
+    (["--fmri-crop", "0.5", "--fmri-channels", "both"], "--fmri-crop recomputes Pearson connectivity only"),
+    (["--fmri-crop", "0.5", "--input-noise", "0.1"], "--fmri-crop and --input-noise"),
+    (["--fmri-crop", "0.5", "--modalities", "smri", "text"], "--fmri-crop augments the fMRI connectivity"),
+    (["--ema-decay", "1"], "--ema-decay must be 0 (off) or in (0, 1)"),
 ])
 def test_bad_options_are_refused_before_anything_is_written(tmp_path, cache_dir, capsys, bad, expected):
     with pytest.raises(SystemExit) as info:
@@ -198,7 +207,8 @@ def test_killed_run_resumes_inside_the_unit(tmp_path, cache_dir):
         if epoch == 1:  # epoch 1 is logged, its checkpoint not yet written
             raise Killed
 
-    args = [*TINY, "--cache-dir", str(cache_dir), "--modalities", "fmri", "smri", "text", "--epochs", "3"]
+    args = [*BNT, "--cache-dir", str(cache_dir), "--modalities", "fmri", "smri", "text", "--epochs", "3",
+            "--fmri-crop", "0.6"]  # window crops draw from the RNG the checkpoint restores
     whole = main([*args, "--out", str(tmp_path / "whole")])
     out = tmp_path / "killed"
     with epoch_callback(kill), pytest.raises(Killed):
@@ -230,3 +240,24 @@ def test_paper_setting_is_one_flag_away_and_flags_still_win(tmp_path):
     config.write_text("setting: paper\nthreshold: val\n")
     from_file = parse("-c", str(config))
     assert from_file.fmri_encoder == "brainnettf" and from_file.threshold == "val"  # the file's value wins
+
+
+def test_records_of_older_versions_are_read_in_todays_options():
+    from pmrl_sci.tasks.abide import upgrade_recorded_config
+
+    # K folds were recorded as split "bnt" with folds K; no --ema-decay meant no weight average
+    assert upgrade_recorded_config({"split": "bnt", "folds": 5}) == {"split": "folds", "folds": 5, "ema_decay": 0.0}
+    assert upgrade_recorded_config({"split": "bnt", "folds": None, "ema_decay": 0.99}) == {
+        "split": "bnt", "folds": None, "ema_decay": 0.99}
+    assert upgrade_recorded_config({"split": "loso", "folds": None})["split"] == "loso"
+
+
+def test_a_run_of_an_older_version_without_weight_averaging_is_not_resumed_with_it(tmp_path, cache_dir, capsys):
+    out, _ = _run(tmp_path, cache_dir, "--modalities", "smri", "--epochs", "1")
+    config = json.loads((out / "config.json").read_text())
+    del config["ema_decay"]  # as written before --ema-decay existed
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit) as info:
+        _run(tmp_path, cache_dir, "--modalities", "smri", "--epochs", "1")
+    assert info.value.code == 2 and "--ema-decay 0.0 (recorded) vs 0.99 (now)" in capsys.readouterr().err
+    _run(tmp_path, cache_dir, "--modalities", "smri", "--epochs", "1", "--ema-decay", "0")  # resumes

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pmrl_sci.data.abide.cohort import load_abide_cohort, subject_text
-from pmrl_sci.data.abide.connectivity import compute_connectivity, fisher_z
+from pmrl_sci.data.abide.connectivity import compute_connectivity, fisher_z, window_correlation
 from pmrl_sci.data.abide.generator import generate_abide_like
 from pmrl_sci.data.abide.phenotype import PHENOTYPE_FILENAME, QC_COLUMNS, quality_filter, read_phenotype
 from pmrl_sci.data.abide.timeseries import (
@@ -242,6 +242,24 @@ def test_connectivity_zero_and_constant_rois() -> None:
     assert not np.allclose(matrices[0, 1][np.ix_(live, live)], matrices[1, 1][np.ix_(live, live)])
 
 
+def test_window_correlation_matches_the_pearson_channel_and_its_dead_roi_policy() -> None:
+    rng = np.random.default_rng(3)
+    ts = rng.normal(size=(60, 8))
+    ts[:, 2] = 0.0  # dead everywhere
+    ts[:30, 5] = 1.5  # constant in the first half only
+    whole, _ = compute_connectivity([ts])
+    np.testing.assert_allclose(window_correlation(ts, 0, 60), whole[0, 0], atol=1e-6)
+    first, _ = compute_connectivity([ts[:30]])
+    window = window_correlation(ts, 0, 30)
+    np.testing.assert_allclose(window, first[0, 0], atol=1e-6)
+    assert not window[5].any() and not window[:, 2].any() and np.isfinite(window).all()
+    np.testing.assert_allclose(window_correlation(ts, 20, 25), compute_connectivity([ts[20:45]])[0][0, 0],
+                               atol=1e-6)
+    for start, length in ((0, 2), (-1, 10), (50, 11)):
+        with pytest.raises(ValueError, match="window"):
+            window_correlation(ts, start, length)
+
+
 def test_connectivity_bad_input() -> None:
     with pytest.raises(ValueError, match="subject b: 5 ROIs, expected 4"):
         compute_connectivity([np.ones((10, 4)), np.ones((10, 5))], ["a", "b"])
@@ -322,6 +340,14 @@ def test_round_trip_and_cache(tiny_cohort: Path, tmp_path: Path) -> None:
     assert all(np.array_equal(again.mask[m], cohort.mask[m]) for m in cohort.mask)
     sub = cohort.subset([0, 2])
     assert sub.subject_ids == [cohort.subject_ids[0], cohort.subject_ids[2]] and sub.fmri.shape[0] == 2
+    files = find_roi_files(tiny_cohort, "tt")
+    for i in (0, 2, n - 1):  # the ROI time series are kept, through the cache and subsets
+        ts = read_roi_timeseries(files[cohort.subject_ids[i]], 97).astype(np.float32)
+        np.testing.assert_array_equal(cohort.timeseries(i), ts)
+        np.testing.assert_array_equal(again.timeseries(i), ts)
+    np.testing.assert_array_equal(sub.timeseries(1), cohort.timeseries(2))
+    whole = window_correlation(cohort.timeseries(3), 0, len(cohort.timeseries(3)))
+    np.testing.assert_allclose(whole, cohort.fmri[3, 0], atol=1e-5)  # the whole window is the Pearson channel
 
 
 def test_loader_bad_files_and_modalities(tiny_cohort: Path, tmp_path: Path) -> None:
@@ -362,3 +388,52 @@ def test_loader_unmatched_ids_and_missing_data(tiny_cohort: Path, tmp_path: Path
     roi[first].rename(roi[first].with_name("NOBODY_0000001_rois_tt.1D"))
     with pytest.raises(InputError, match=r"FILE_ID that matches no subject.*NOBODY_0000001_rois_tt\.1D"):
         load_abide_cohort(data, atlas="tt", modalities=("fmri",), progress=False)
+
+
+def test_window_crop_dataset_draws_windows_of_the_training_series(tiny_cohort: Path, tmp_path: Path) -> None:
+    from pmrl_sci.tasks.abide_data import SplitArrays, WindowCropDataset
+
+    cohort = load_abide_cohort(tiny_cohort, atlas="tt", modalities=("fmri",), cache_dir=tmp_path, progress=False)
+    index = np.array([1, 4, 6])
+    arrays = SplitArrays({"fmri": cohort.fmri[index, 0]}, {"fmri": cohort.mask["fmri"][index]},
+                         cohort.labels[index], index)
+    dataset = WindowCropDataset(arrays, cohort, fraction=0.5)
+    torch.manual_seed(0)
+    first = [dataset[i][0]["fmri"] for i in range(3)]
+    second = [dataset[i][0]["fmri"] for i in range(3)]
+    torch.manual_seed(0)
+    replay = [dataset[i][0]["fmri"] for i in range(3)]
+    for i, row in enumerate(index):
+        series = cohort.timeseries(row)
+        length = round(0.5 * len(series))
+        windows = [window_correlation(series, s, length) for s in range(len(series) - length + 1)]
+        assert any(np.allclose(first[i].numpy(), w) for w in windows)  # one of the subject's own windows
+        assert not np.allclose(first[i].numpy(), cohort.fmri[row, 0], atol=1e-3)  # not the whole series
+        assert not torch.equal(first[i], second[i])  # a new window at each draw
+        assert torch.equal(first[i], replay[i])  # drawn from torch's generator: reproducible, resumable
+    assert int(dataset[0][2]) == int(cohort.labels[1])
+    mean, std = np.full((97, 97), 0.1, np.float32), np.full((97, 97), 2.0, np.float32)
+    scaled = WindowCropDataset(arrays, cohort, fraction=0.5, standardize=(mean, std))
+    torch.manual_seed(0)
+    for i in range(3):  # the same windows, standardised like the other fMRI inputs
+        torch.testing.assert_close(scaled[i][0]["fmri"], (first[i] - 0.1) / 2.0)
+
+
+def test_standardize_connectivity_uses_training_subjects_only() -> None:
+    from pmrl_sci.tasks.abide_data import standardize_connectivity
+
+    rng = np.random.default_rng(0)
+    fmri = rng.normal(2.0, 3.0, size=(10, 4, 4)).astype(np.float32)
+    fmri[:, range(4), range(4)] = 0.0
+    has = np.ones(10, dtype=bool)
+    has[9] = False
+    fmri[9] = 0.0
+    train = np.array([0, 1, 2, 3, 4, 9])
+    out, (mean, std) = standardize_connectivity(fmri, has, train)
+    np.testing.assert_allclose(out[:5].mean(axis=0), 0.0, atol=1e-5)  # the 5 training subjects with fMRI
+    np.testing.assert_allclose(out[:5].std(axis=0)[0, 1], 1.0, atol=1e-5)
+    np.testing.assert_allclose(mean, fmri[:5].mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(out[7], (fmri[7] - mean) / std, rtol=1e-5)  # others: training statistics
+    assert not out[9].any() and not out[:, 0, 0].any()  # masked subject and constant diagonal stay zero
+    with pytest.raises(InputError, match="--no-fmri-standardize"):
+        standardize_connectivity(fmri, has, np.array([0, 9]))

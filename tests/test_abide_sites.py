@@ -52,7 +52,7 @@ def test_loso_writes_per_site_results_and_states_the_unlabelled_combat_estimatio
     assert "site UM_1: auc" in capsys.readouterr().out
 
 
-def test_test_sites_trains_on_the_rest_and_bnt_reports_per_site_too(tmp_path, cache_dir):
+def test_test_sites_trains_on_the_rest_and_bnt_and_folds_report_per_site_too(tmp_path, cache_dir):
     out = tmp_path / "held"
     results = _run(out, cache_dir, "--test-sites", "UM_1,NYU")
     assert [u["unit"] for u in results["units"]] == ["seed0-test-NYU+UM_1"]
@@ -63,13 +63,17 @@ def test_test_sites_trains_on_the_rest_and_bnt_reports_per_site_too(tmp_path, ca
     assert "passthrough" in json.loads((out / "data_report.json").read_text())["sites_as_domains"]["note"]
     done = json.loads((out / "done" / "seed0-test-NYU+UM_1.json").read_text())
     assert done["prep"]["combat"]["unseen_sites"] and "unlabelled_estimation" not in done["prep"]["combat"]
-    bnt = _run(tmp_path / "bnt", cache_dir)  # the default split: every site seen in training
+    bnt = _run(tmp_path / "bnt", cache_dir, "--split", "bnt")  # one stratified split: every site seen in training
     assert bnt["unseen_sites"] == [] and bnt["split"] == "bnt"
     assert sum(e["n"] for e in bnt["per_site"].values()) == bnt["units"][0]["n_test"]
     for entry in bnt["per_site"].values():
         _check_site_entry(entry)
         assert entry["unseen_in_training"] is False
     assert all(not isinstance(v, float) or np.isfinite(v) for e in bnt["per_site"].values() for v in e.values())
+    folds = _run(tmp_path / "folds", cache_dir)  # the default: 5 folds, every subject tested once
+    assert folds["split"] == "folds" and [u["unit"] for u in folds["units"]] == [f"seed0-fold{f}" for f in range(5)]
+    assert sum(u["n_test"] for u in folds["units"]) == sum(e["n"] for e in folds["per_site"].values())
+    assert folds["unseen_sites"] == []
 
 
 @pytest.mark.parametrize("bad, expected", [
@@ -79,6 +83,7 @@ def test_test_sites_trains_on_the_rest_and_bnt_reports_per_site_too(tmp_path, ca
     (["--test-sites", "NYU,"], "--test-sites expects SITE[,SITE...]"),
     (["--split", "loso", "--folds", "2"], "--split loso and --folds are different splits"),
     (["--test-sites", "NYU", "--split", "loso"], "--split loso and --test-sites are different splits"),
+    (["--split", "bnt", "--folds", "5"], "--split bnt and --folds are different splits"),
     (["--combat-unseen", "guess"], "--combat-unseen"),
 ])
 def test_bad_site_options_exit_2_with_a_message(tmp_path, cache_dir, capsys, bad, expected):

@@ -274,3 +274,16 @@ def test_ema_weights_are_validated_selected_tested_and_resumed(tmp_path):
     resumed = train_unit(TinyRegression(), _settings(ema_decay=0.8), unit="u", seed=0, run=run, device=CPU)
     assert resumed.resumed_from == 2
     assert resumed.best.epoch == whole.best.epoch and resumed.best.test == whole.best.test
+
+
+def test_open_run_compares_an_upgraded_record(tmp_path):
+    run = RunFolder(tmp_path)
+    open_run(run, {"lr": 0.1, "split": "bnt", "folds": 5})
+    train_unit(TinyRegression(), _settings(epochs=1), unit="u", seed=0, run=run, device=CPU)
+
+    def upgrade(recorded):
+        return {**recorded, "split": "folds"} if recorded.get("folds") else dict(recorded)
+
+    with pytest.raises(InputError, match="--split 'bnt'"):
+        open_run(run, {"lr": 0.1, "split": "folds", "folds": 5})
+    open_run(run, {"lr": 0.1, "split": "folds", "folds": 5}, upgrade=upgrade)  # the same run, recorded the old way

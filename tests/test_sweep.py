@@ -40,7 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _abide_args(cache: Path, epochs: int = 2) -> list[str]:
     return ["--default-subjects", "36", "--default-sites", "2", "--atlas", "tt", "--epochs", str(epochs),
-            "--patience", "100", "--batch-size", "8", "--modalities", "smri", "text", "--cache-dir", str(cache)]
+            "--patience", "100", "--batch-size", "8", "--modalities", "smri", "text", "--split", "bnt",
+            "--cache-dir", str(cache)]
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,8 @@ def has_results(run: RunFolder) -> bool:
             or bool(run.read_metrics()))
 
 
-def open_run(run: RunFolder, resolved: Mapping[str, Any], ignore: Iterable[str] = ()) -> None:
+def open_run(run: RunFolder, resolved: Mapping[str, Any], ignore: Iterable[str] = (),
+             upgrade: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> None:
     """Start (or resume) a run in ``run``: check the recorded options, clear leftovers of a kill, write the config.
 
     Parameters
@@ -65,6 +66,9 @@ def open_run(run: RunFolder, resolved: Mapping[str, Any], ignore: Iterable[str] 
         The resolved options of this run (written as ``config.yaml``/``config.json``).
     ignore : iterable of str
         Further keys of ``resolved`` that do not change results (besides :data:`RESULT_NEUTRAL_OPTIONS`).
+    upgrade : callable, optional
+        Maps a ``config.json`` recorded by an older version of the kit to today's options before the comparison
+        (e.g. a renamed default whose runs are the same), so such a run still resumes.
 
     Raises
     ------
@@ -75,6 +79,8 @@ def open_run(run: RunFolder, resolved: Mapping[str, Any], ignore: Iterable[str] 
     from pmrl_sci.distributed import gather_objects
 
     recorded = run.read_json("config.json")
+    if recorded is not None and upgrade is not None:
+        recorded = dict(upgrade(recorded))
     diff = differing_options(recorded, resolved, ignore) if recorded is not None and has_results(run) else []
     diff = gather_objects(diff)[0]  # rank 0's verdict on every rank; every rank has read before rank 0 writes
     if diff:

@@ -4,8 +4,8 @@ The command-line front end (:mod:`pmrl_sci.abide`) parses options into :class:`A
 calls :func:`run_abide`. Per trial (seed) and fold, :class:`AbideTask` runs through
 :func:`pmrl_sci.engine.train_unit`:
 
-1. split the cohort (BrainNetTF's site-stratified 70/10/20, K stratified folds, leave one site out, or
-   ``--test-sites``);
+1. split the cohort (by default 5 folds stratified by diagnosis x site, each with a validation part; or
+   BrainNetTF's single site-stratified 70/10/20, leave one site out, or ``--test-sites``);
 2. harmonise sMRI with ComBat fitted on the training subjects only (age and sex as
    covariates; a site absent from training passed through or estimated, ``--combat-unseen``), standardise with
    training statistics (:mod:`pmrl_sci.tasks.abide_data`);
@@ -52,6 +52,7 @@ from pmrl_sci.tasks.abide_data import (
     FMRI_CHANNELS,
     CohortDataset,
     SplitArrays,
+    WindowCropDataset,
     harmonise_smri,
     prepare_split_arrays,
     resolve_data,
@@ -59,6 +60,13 @@ from pmrl_sci.tasks.abide_data import (
 )
 from pmrl_sci.tasks.abide_fit import THRESHOLDS, baseline_probabilities, logistic_all_features, thresholded_metrics
 from pmrl_sci.tasks.abide_model import AbideModel, build_abide_model, evaluate, to_device
+from pmrl_sci.tasks.abide_sites import (  # noqa: F401 - re-exported
+    per_site_results,
+    site_report,
+    split_kind,
+    unseen_sites,
+    upgrade_recorded_config,
+)
 from pmrl_sci.training import resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,17 +95,21 @@ REAL_DATA_EPOCHS = 100
 EMBEDDED_EPOCHS = 30
 #: ``--setting paper``: the paper's ABIDE setting (PMRL with its L_M and weights, BrainNetTF on Pearson and
 #: partial correlation, Adam 1e-4, batch 16, 128-d embeddings, the text "age, gender", threshold 0.5, no
-#: alignment-first phase); every option not listed keeps the front end's default, any flag still overrides
+#: alignment-first phase, no weight averaging); every option not listed keeps the front end's default, any flag
+#: still overrides
 PAPER_SETTING: dict[str, Any] = {
     "objective": "pmrl", "sign_aware": False, "tau1": 0.05, "tau2": 0.4, "lambda1": 1.0, "rank": 1,
     "instance_term": True, "align_weight": 1.0, "classification_weight": 1.0, "align_epochs": 0,
     "fmri_encoder": "brainnettf", "fmri_channels": "both", "lr": 1e-4, "weight_decay": 1e-4, "batch_size": 16,
-    "embed_dim": 128, "dropout": 0.1, "text_fields": ["age", "sex"], "threshold": "0.5",
+    "embed_dim": 128, "dropout": 0.1, "text_fields": ["age", "sex"], "threshold": "0.5", "ema_decay": 0.0,
+    "fmri_standardize": False, "fmri_crop": 0.0,
 }
 #: --setting choices: the kit's recipe (the dataclass defaults) or the paper's setting
 SETTINGS: dict[str, dict[str, Any]] = {"default": {}, "paper": PAPER_SETTING}
 #: --split choices (--folds and --test-sites are the other split kinds) and --combat-unseen choices
-SPLITS = ("bnt", "loso")
+SPLITS = ("folds", "bnt", "loso")
+#: K of the default split (``--split folds`` without ``--folds``)
+DEFAULT_FOLDS = 5
 COMBAT_UNSEEN = ("passthrough", "estimate")
 
 
@@ -110,8 +122,9 @@ class AbideConfig:
     The defaults are the kit's recipe, chosen on the real development sites over 5 folds x 3 seeds (README,
     "ABIDE on the real development sites"): the edge MLP on Pearson connectivity, sign-aware PMRL with tau1 0.5
     and no instance-wise term (it kept the modalities from aligning), the text of every phenotype field a
-    clinician has (age, sex, handedness, IQ), the decision threshold chosen on validation. ``--setting paper``
-    (:data:`PAPER_SETTING`) restores the paper's setting.
+    clinician has (age, sex, handedness, IQ), an exponential moving average of the weights (decay 0.99 per step)
+    as the model validated and tested, the decision threshold chosen on validation, 5 stratified folds.
+    ``--setting paper`` (:data:`PAPER_SETTING`) restores the paper's setting.
     """
 
     modalities: list[str] = field(default_factory=lambda: list(ABIDE_MODALITIES))
@@ -137,8 +150,8 @@ class AbideConfig:
     align_weight: float = 1.0
     classification_weight: float = 1.0
     align_epochs: int = 0
-    split: str = "bnt"
-    folds: int | None = None
+    split: str = "folds"
+    folds: int | None = None  # K of --split folds (None: DEFAULT_FOLDS); see n_folds
     test_sites: str | None = None  # "SITE[,SITE...]"; sorted and deduplicated once checked (see test_site_list)
     combat_unseen: str = "passthrough"
     seeds: int = 1
@@ -148,9 +161,12 @@ class AbideConfig:
     batch_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 1e-4
+    ema_decay: float = 0.99
     embed_dim: int = 128
     dropout: float = 0.1
     fmri_channels: str = "correlation"
+    fmri_standardize: bool = False  # standardise each connectivity entry with training statistics
+    fmri_crop: float = 0.0  # window-crop augmentation: fraction of each series per draw (0: off)
     text_model: str | None = None
     combat: str = "train"
     device: str = "auto"
@@ -202,6 +218,16 @@ class AbideConfig:
                                   or len(self.modalities) < 2):
             raise InputError("--align-epochs needs the multimodal model with an alignment objective (--objective "
                              "pmrl, gram or vast) over at least two --modalities")
+        if not (self.fmri_crop == 0 or 0 < self.fmri_crop < 1):
+            raise InputError(f"--fmri-crop must be 0 (off) or a fraction in (0, 1), got {self.fmri_crop}")
+        if self.fmri_crop and self.model not in FIT_BASELINES:
+            if "fmri" not in self.modalities:
+                raise InputError("--fmri-crop augments the fMRI connectivity: it needs fmri in --modalities")
+            if self.fmri_channels != "correlation":
+                raise InputError(f"--fmri-crop recomputes Pearson connectivity only: use --fmri-channels "
+                                 f"correlation (got {self.fmri_channels!r}) or --fmri-crop 0")
+            if self.input_noise > 0:
+                raise InputError("--fmri-crop and --input-noise both change the training fMRI: use one of them")
         if self.model == "logistic-all" and self.input_noise > 0:
             raise InputError("--input-noise is not applied by --model logistic-all (its sMRI and phenotype features "
                              "would stay clean); use --model logistic or the multimodal model")
@@ -215,10 +241,16 @@ class AbideConfig:
             raise InputError(f"--combat-unseen must be one of {list(COMBAT_UNSEEN)}, got {self.combat_unseen!r}")
         if self.test_sites is not None:
             self.test_sites = ",".join(parse_sites(self.test_sites))
-        kinds = [name for name, on in (("--split loso", self.split == "loso"), ("--folds", self.folds is not None),
-                                       ("--test-sites", bool(self.test_sites))) if on]
+        kinds = [name for name, on in (("--split loso", self.split == "loso"), ("--split bnt", self.split == "bnt"),
+                                       ("--folds", self.folds is not None), ("--test-sites", bool(self.test_sites)))
+                 if on]
         if len(kinds) > 1:
             raise InputError(f"{' and '.join(kinds)} are different splits: choose one")
+
+    @property
+    def n_folds(self) -> int:
+        """K of the cross-validation (``--folds``, else :data:`DEFAULT_FOLDS`); used when the split is folds."""
+        return int(self.folds) if self.folds is not None else DEFAULT_FOLDS
 
     @property
     def test_site_list(self) -> list[str] | None:
@@ -252,7 +284,8 @@ def train_settings(config: AbideConfig) -> TrainSettings:
     align = int(config.align_epochs)
     return TrainSettings(epochs=align + int(config.epochs or EMBEDDED_EPOCHS), patience=config.patience,
                          lr=config.lr, weight_decay=config.weight_decay, optimizer="adam", select_from=align,
-                         progress=config.progress, tensorboard=config.tensorboard)
+                         ema_decay=config.ema_decay, progress=config.progress,
+                         tensorboard=config.tensorboard)
 
 
 class AbideTask(Task):
@@ -296,7 +329,11 @@ class AbideTask(Task):
 
     def train_data(self) -> TrainData:
         """Training subjects in shuffled batches (the last partial batch dropped when there is more than one)."""
-        dataset = CohortDataset(self.arrays["train"])
+        if self.config.fmri_crop and "fmri" in self.arrays["train"].inputs:
+            dataset: CohortDataset = WindowCropDataset(self.arrays["train"], self.cohort, self.config.fmri_crop,
+                                                       self.arrays["train"].fmri_scale)
+        else:
+            dataset = CohortDataset(self.arrays["train"])
         return TrainData(dataset, self.config.batch_size, drop_last=len(dataset) > self.config.batch_size)
 
     def batch_loss(self, batch: Any, step: Step) -> dict[str, torch.Tensor]:
@@ -426,65 +463,6 @@ def fit_baseline_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[s
             "prep": info | {"fit": {k: v for k, v in fit_info.items() if k != "scores"}}}
 
 
-def split_kind(config: AbideConfig) -> str:
-    """``"loso"``, ``"test-sites"``, ``"folds"`` or ``"bnt"``."""
-    return ("loso" if config.split == "loso" else "test-sites" if config.test_sites else
-            "folds" if config.folds else "bnt")
-
-
-def unseen_sites(sites: np.ndarray, parts: Mapping[str, np.ndarray]) -> list[str]:
-    """Sites of a unit's test part with no subject in its training part (sorted)."""
-    return sorted(set(sites[parts["test"]].tolist()) - set(sites[parts["train"]].tolist()))
-
-
-def site_report(config: AbideConfig) -> dict[str, Any]:
-    """What ``data_report.json`` says about site splits and ComBat on sites absent from training."""
-    report: dict[str, Any] = {"split": split_kind(config), "test_sites": config.test_site_list,
-                              "combat_unseen": config.combat_unseen}
-    uses_combat = "smri" in config.modalities and config.combat == "train"
-    if uses_combat and config.combat_unseen == "estimate":
-        report["note"] = ("--combat-unseen estimate: the sMRI of subjects from sites with no training subject (the "
-                          "held-out test sites) was used WITHOUT their diagnosis labels (sMRI, age and sex only) to "
-                          "estimate their site's ComBat location and scale, the training fit held fixed; per unit "
-                          "see prep.combat.unlabelled_estimation in done/<unit>.json and combat_unseen in "
-                          "results.json")
-    elif uses_combat:
-        report["note"] = ("--combat-unseen passthrough: sMRI of sites with no training subject is not harmonised "
-                          "(ComBat returns it unadjusted) before standardisation with training statistics")
-    return report
-
-
-def per_site_results(results: list[dict[str, Any]], unseen: Mapping[str, list[str]]) -> dict[str, Any]:
-    """``per_site`` metrics and the ``unseen_sites`` of a run, pooled over its units.
-
-    Every unit's test predictions are pooled: over the units of one seed each subject is tested at most once
-    (folds and ``--split loso`` test every subject once, the BrainNetTF split and ``--test-sites`` some), so a
-    subject's prediction is counted once per seed; the metrics of a site (AUC, accuracy, sensitivity,
-    specificity, ``n`` = pooled predictions) are computed on all its pooled predictions together, across seeds.
-    A metric undefined for a site (one class only) is ``null`` with the reason under ``undefined``. A site is
-    ``unseen_in_training`` when no unit that tested it had one of its subjects in its training part;
-    ``unseen_sites`` lists the sites that some unit tested without having trained on them. Units recorded
-    without predictions (by an older version) are left out and named under ``per_site_missing_units``.
-    """
-    from pmrl_sci.metrics import per_group_metrics
-
-    pooled = [r for r in results if r.get("predictions")]
-    out: dict[str, Any] = {"unseen_sites": sorted({site for sites in unseen.values() for site in sites})}
-    missing = [r["unit"] for r in results if not r.get("predictions")]
-    if missing:
-        out["per_site_missing_units"] = missing
-    if not pooled:
-        out["per_site"] = {}
-        return out
-    column = {key: [v for r in pooled for v in r["predictions"][key]] for key in ("site", "label", "prob")}
-    per_site = per_group_metrics(column["label"], column["prob"], column["site"])
-    tested_seen = {site for r in pooled for site in r["predictions"]["site"] if site not in unseen.get(r["unit"], [])}
-    for site, entry in per_site.items():
-        entry["unseen_in_training"] = site not in tested_seen
-    out["per_site"] = per_site
-    return out
-
-
 def resolve_model(config: AbideConfig) -> AbideConfig:
     """Apply ``--model``: fMRI-only baselines use the fMRI modality and no alignment objective."""
     if config.model == "logistic-all":
@@ -547,7 +525,7 @@ def _run_abide(config: AbideConfig, dist_info: DistInfo) -> dict[str, Any]:
     splits = unit_splits(cohort, config)  # bad site options are refused before the run folder is written
     if adaptation is not None:
         adaptation.plan_units(splits)
-    open_run(run, resolved, ignore=("data_root", "freesurfer_resolved"))
+    open_run(run, resolved, ignore=("data_root", "freesurfer_resolved"), upgrade=upgrade_recorded_config)
     run.write_json("data_report.json", cohort.report | {"sites_as_domains": site_report(config)}
                    | ({"adaptation": adaptation.report()} if adaptation is not None else {}))
     leaky = config.combat == "paper"

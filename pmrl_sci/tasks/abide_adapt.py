@@ -62,6 +62,7 @@ from pmrl_sci.tasks.abide import (
     per_site_results,
     test_predictions,
     train_settings,
+    upgrade_recorded_config,
 )
 from pmrl_sci.tasks.abide_data import CohortDataset, SplitArrays, unit_splits
 from pmrl_sci.tasks.abide_fit import thresholded_metrics
@@ -145,8 +146,9 @@ class Adaptation:
     def plan_units(self, splits: list[tuple[str, int, dict[str, np.ndarray]]]) -> None:
         """Map every unit of this run to its source unit (see the module docstring); refuse what does not match."""
         src = self.source
+        recorded = upgrade_recorded_config({"split": src.get("split", "bnt"), "folds": src.get("folds")})
         src_config = dataclasses.replace(
-            self.config, split=src.get("split", "bnt"), folds=src.get("folds"), test_sites=src.get("test_sites"),
+            self.config, split=recorded["split"], folds=recorded["folds"], test_sites=src.get("test_sites"),
             seed=int(src.require("seed")), seeds=int(src.require("seeds")), init_from=None, adapt="none",
             adapt_labels=None)
         source_units = unit_splits(self.cohort, src_config)

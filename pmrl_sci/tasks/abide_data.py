@@ -36,6 +36,7 @@ class SplitArrays:
     mask: dict[str, np.ndarray]
     labels: np.ndarray
     index: np.ndarray
+    fmri_scale: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) of --fmri-standardize
 
 
 class CohortDataset(Dataset):
@@ -51,6 +52,79 @@ class CohortDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
         return ({m: v[i] for m, v in self.inputs.items()}, {m: v[i] for m, v in self.mask.items()}, self.labels[i])
+
+
+class WindowCropDataset(CohortDataset):
+    """Training rows whose fMRI connectivity is recomputed on a random window of the ROI time series each time a
+    subject is drawn (``--fmri-crop``): window-crop augmentation of connectomes.
+
+    A subject with ``T`` time points gets a window of ``max(3, round(fraction * T))`` consecutive time points at a
+    uniformly drawn start (drawn from torch's global generator, so a resumed unit draws the same windows), and
+    Pearson connectivity with the cohort's estimator and dead-ROI policy
+    (:func:`~pmrl_sci.data.abide.connectivity.window_correlation`). Validation and test subjects keep the
+    connectivity of their whole series; subjects without fMRI keep zeros.
+
+    Parameters
+    ----------
+    arrays : SplitArrays
+        The training part (its ``fmri`` input is replaced on the fly).
+    cohort : AbideCohort
+        The cohort with its ROI time series (``fmri_series``).
+    fraction : float
+        Window length as a fraction of each subject's series, in (0, 1).
+    standardize : (ndarray, ndarray), optional
+        The training edge means and standard deviations the other fMRI inputs were standardised with
+        (``--fmri-standardize``); each window's connectivity is standardised the same way.
+    """
+
+    def __init__(self, arrays: SplitArrays, cohort: AbideCohort, fraction: float,
+                 standardize: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        super().__init__(arrays)
+        self.standardize = None if standardize is None else tuple(torch.from_numpy(a) for a in standardize)
+        if cohort.fmri_series is None:
+            raise InputError("--fmri-crop needs the ROI time series, which this cohort does not hold (fmri not "
+                             "loaded)")
+        self.series = [cohort.timeseries(int(i)) for i in arrays.index]
+        self.fraction = float(fraction)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+        from pmrl_sci.data.abide.connectivity import window_correlation
+
+        inputs, mask, label = super().__getitem__(i)
+        series = self.series[i]
+        if bool(mask["fmri"]) and len(series) >= 3:
+            length = min(len(series), max(3, round(self.fraction * len(series))))
+            start = int(torch.randint(0, len(series) - length + 1, (1,)))
+            fmri = torch.from_numpy(window_correlation(series, start, length))
+            if self.standardize is not None:
+                fmri = (fmri - self.standardize[0]) / self.standardize[1]
+            inputs = {**inputs, "fmri": fmri}
+        return inputs, mask, label
+
+
+def standardize_connectivity(fmri: np.ndarray, has: np.ndarray, train: np.ndarray
+                             ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Each connectivity entry standardised with the training subjects' mean and standard deviation.
+
+    The usual preprocessing of connectome edges before a linear model (the logistic-regression baselines
+    standardise the same way with scikit-learn's ``StandardScaler``). Entries constant over the training
+    subjects (the diagonal) keep a scale of 1; subjects without fMRI stay all-zero (they are masked).
+
+    Returns
+    -------
+    (ndarray, (ndarray, ndarray))
+        The standardised float32 array and the ``(mean, std)`` used (float32, shaped like one subject).
+    """
+    fit = np.intersect1d(train, np.flatnonzero(has))
+    if fit.size < 2:
+        raise InputError("fewer than two training subjects have fMRI: cannot standardise their connectivity "
+                         "(use --no-fmri-standardize)")
+    mean = fmri[fit].mean(axis=0, dtype=np.float64)
+    std = fmri[fit].std(axis=0, dtype=np.float64)
+    std = np.where(std > 1e-8, std, 1.0)
+    out = ((fmri - mean) / std).astype(np.float32)
+    out[~has] = 0.0
+    return out, (mean.astype(np.float32), std.astype(np.float32))
 
 
 def harmonise_smri(cohort: AbideCohort, train: np.ndarray, mode: str, unseen: str = "passthrough"
@@ -116,9 +190,13 @@ def prepare_split_arrays(cohort: AbideCohort, config: AbideConfig, train: np.nda
     """Inputs for each split part, harmonised and standardised with training statistics only."""
     inputs: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {}
+    fmri_scale = None
     if "fmri" in config.modalities:
         channels = FMRI_CHANNELS[config.fmri_channels]
         inputs["fmri"] = cohort.fmri[:, channels[0]] if len(channels) == 1 else cohort.fmri[:, channels]
+        if config.fmri_standardize:
+            inputs["fmri"], fmri_scale = standardize_connectivity(inputs["fmri"], cohort.mask["fmri"], train)
+            info["fmri_standardized_on"] = int(np.intersect1d(train, np.flatnonzero(cohort.mask["fmri"])).size)
     if "smri" in config.modalities:
         inputs["smri"], info["combat"] = harmonise_smri(cohort, train, config.combat, config.combat_unseen)
     if "text" in config.modalities:
@@ -140,7 +218,7 @@ def prepare_split_arrays(cohort: AbideCohort, config: AbideConfig, train: np.nda
     for name, idx in parts.items():
         target = train_labels if name == "train" else labels
         out[name] = SplitArrays({m: v[idx] for m, v in inputs.items()},
-                                {m: cohort.mask[m][idx] for m in inputs}, target[idx], idx)
+                                {m: cohort.mask[m][idx] for m in inputs}, target[idx], idx, fmri_scale)
     return out, info
 
 
@@ -148,8 +226,9 @@ def prepare_split_arrays(cohort: AbideCohort, config: AbideConfig, train: np.nda
 def unit_splits(cohort: AbideCohort, config: AbideConfig) -> list[tuple[str, int, dict[str, np.ndarray]]]:
     """(unit name, seed, {"train", "val", "test": indices}) for every trial and fold.
 
-    Unit names: ``seed<s>`` (BrainNetTF split), ``seed<s>-fold<f>`` (``--folds``), ``seed<s>-site-<SITE>``
-    (``--split loso``: one unit per site, tested on it) and ``seed<s>-test-<SITE>[+<SITE>...]`` (``--test-sites``).
+    Unit names: ``seed<s>-fold<f>`` (``--split folds``, the default), ``seed<s>`` (``--split bnt``),
+    ``seed<s>-site-<SITE>`` (``--split loso``: one unit per site, tested on it) and
+    ``seed<s>-test-<SITE>[+<SITE>...]`` (``--test-sites``).
     """
     from pmrl_sci.data.splits import (
         bnt_split,
@@ -171,13 +250,13 @@ def unit_splits(cohort: AbideCohort, config: AbideConfig) -> list[tuple[str, int
             train, val, test = domain_holdout_split(cohort.labels, cohort.sites, sites, seed)
             units.append((f"seed{seed}-test-{domain_unit_name(sites)}", seed,
                           {"train": train, "val": val, "test": test}))
-        elif config.folds:
-            folds = stratified_site_folds(cohort.labels, cohort.sites, config.folds, seed)
-            for f, (train, val, test) in enumerate(folds):
-                units.append((f"seed{seed}-fold{f}", seed, {"train": train, "val": val, "test": test}))
-        else:
+        elif config.split == "bnt":
             train, val, test = bnt_split(cohort.labels, cohort.sites, seed)
             units.append((f"seed{seed}", seed, {"train": train, "val": val, "test": test}))
+        else:
+            folds = stratified_site_folds(cohort.labels, cohort.sites, config.n_folds, seed)
+            for f, (train, val, test) in enumerate(folds):
+                units.append((f"seed{seed}-fold{f}", seed, {"train": train, "val": val, "test": test}))
     return units
 
 

@@ -109,6 +109,9 @@ def resume_conflicts(parser: Any, argv: Sequence[str], folder: Path,
         stored = json.loads(stored_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return [f"{stored_file} is not valid JSON"]
+    from pmrl_sci.tasks.abide import upgrade_recorded_config
+
+    stored = upgrade_recorded_config(stored) if isinstance(stored, dict) else stored
     asked = vars(parse_args_with_config(parser, list(argv), presets))
     asked.update(_resolved_abide_options(asked))
     return [f"{key}: stored {stored[key]!r}, asked {asked[key]!r}" for key in RESUME_KEYS
@@ -239,8 +242,9 @@ def experiment_parser(description: str, default_out: str) -> Any:
     return parser
 
 
-#: what the paper-reproduction scripts (Table 4, Table 10, ablations) give every run: the paper's setting
-PAPER_PRESET: tuple[str, ...] = ("--setting", "paper")
+#: what the paper-reproduction scripts (Table 4, Table 10, ablations) give every run: the paper's setting and its
+#: protocol (one BrainNetTF 70/10/20 split per seed)
+PAPER_PRESET: tuple[str, ...] = ("--setting", "paper", "--split", "bnt")
 
 
 def shared_front_end_args(args: Any, forward: Sequence[str], preset: Sequence[str] = ()) -> list[str]:

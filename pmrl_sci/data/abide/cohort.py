@@ -44,7 +44,7 @@ from pmrl_sci.io import atomic_save_npz, file_fingerprint, stable_hash
 logger = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, ...] = ("fmri", "smri", "text")
-COHORT_CACHE_VERSION = 3
+COHORT_CACHE_VERSION = 4  # 4: the ROI time series are kept (fmri_series)
 _FS_TABLE_SUFFIXES = (".txt", ".tsv", ".csv")
 NO_FREESURFER_ROW = "no FreeSurfer row"
 
@@ -72,6 +72,12 @@ class AbideCohort:
     fmri : ndarray or None
         ``[N, 2, R, R]`` float32: Fisher-z Pearson (channel 0) and partial (channel 1)
         correlation; zeros where ``mask["fmri"]`` is False.
+    fmri_series : ndarray or None
+        The ROI time series behind ``fmri``, all subjects' ``[T_i, R]`` float32 arrays stacked along time
+        (``[sum T_i, R]``); subject ``i`` is ``fmri_series[fmri_offsets[i]:fmri_offsets[i + 1]]`` (empty where
+        ``mask["fmri"]`` is False). See :meth:`timeseries`.
+    fmri_offsets : ndarray or None
+        ``[N + 1]`` int64 row offsets into ``fmri_series``.
     smri : ndarray or None
         ``[N, F]`` float32 raw FreeSurfer measures (not harmonised); zeros where masked.
     smri_features : list of str
@@ -97,6 +103,8 @@ class AbideCohort:
     sex: np.ndarray
     fiq: np.ndarray
     fmri: np.ndarray | None = None
+    fmri_series: np.ndarray | None = None
+    fmri_offsets: np.ndarray | None = None
     smri: np.ndarray | None = None
     smri_features: list[str] = field(default_factory=list)
     text: list[str] | None = None
@@ -113,10 +121,19 @@ class AbideCohort:
         """The modalities loaded, in the kit's order."""
         return [m for m in MODALITIES if m in self.mask]
 
+    def timeseries(self, i: int) -> np.ndarray:
+        """Subject ``i``'s ROI time series ``[T_i, R]`` (``T_i = 0`` without fMRI)."""
+        if self.fmri_series is None or self.fmri_offsets is None:
+            raise ValueError("this cohort holds no ROI time series (fmri was not loaded)")
+        return self.fmri_series[self.fmri_offsets[i]:self.fmri_offsets[i + 1]]
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> AbideCohort:
         """A cohort of the rows ``indices`` (the report is shared, not copied)."""
         idx = np.asarray(indices, dtype=int)
-        return AbideCohort(
+        series = offsets = None
+        if self.fmri_series is not None:
+            series, offsets = pack_series([self.timeseries(i) for i in idx], self.fmri_series.shape[1])
+        return AbideCohort(fmri_series=series, fmri_offsets=offsets,
             subject_ids=[self.subject_ids[i] for i in idx], sub_ids=self.sub_ids[idx], sites=self.sites[idx],
             labels=self.labels[idx], age=self.age[idx], sex=self.sex[idx], fiq=self.fiq[idx],
             fmri=None if self.fmri is None else self.fmri[idx], smri=None if self.smri is None else self.smri[idx],
@@ -124,6 +141,15 @@ class AbideCohort:
             text_embeddings=None if self.text_embeddings is None else self.text_embeddings[idx],
             mask={m: v[idx] for m, v in self.mask.items()}, report=self.report,
             phenotype={f: v[idx] for f, v in self.phenotype.items()})
+
+
+def pack_series(series: Sequence[np.ndarray | None], n_rois: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stack per-subject ``[T_i, R]`` series (None: no fMRI, ``T_i = 0``) into ``(rows, offsets)``."""
+    arrays = [np.zeros((0, n_rois), np.float32) if ts is None else np.asarray(ts, np.float32) for ts in series]
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(a) for a in arrays])
+    stacked = np.concatenate(arrays, axis=0) if arrays else np.zeros((0, n_rois), np.float32)
+    return stacked, offsets
 
 
 def format_age(age: float) -> str:
@@ -271,6 +297,7 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
     fmri_full = conn_report = None
     if "fmri" in modalities:
         series: list[np.ndarray] = []
+        row_series: list[np.ndarray | None] = [None] * n
         have = np.zeros(n, dtype=bool)
         for i, file_id in enumerate(tqdm(rows["FILE_ID"], desc="reading ROI time series", unit="subject",
                                          disable=not progress)):
@@ -279,6 +306,7 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
                 continue
             try:
                 series.append(read_roi_timeseries(path, ATLAS_ROIS[atlas], min_timepoints=min_timepoints))
+                row_series[i] = series[-1]
             except ValueError as exc:
                 if strict:
                     raise
@@ -343,10 +371,14 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
         "text_fields": text_fields, "excluded_fields": list(EXCLUDED_FIELDS),
     }
     report["counts"] = _report_counts(report, list(rows["FILE_ID"]))
+    kept_series = kept_offsets = None
+    if fmri_full is not None:
+        kept_series, kept_offsets = pack_series([row_series[i] for i in keep], fmri_full.shape[-1])
     cohort = AbideCohort(
         subject_ids=rows["FILE_ID"].astype(str).tolist(), sub_ids=rows["SUB_ID"].to_numpy(np.int64), sites=sites,
         labels=labels, age=rows["AGE_AT_SCAN"].to_numpy(np.float64), sex=rows["SEX"].to_numpy(np.int64),
         fiq=rows["FIQ"].to_numpy(np.float64), fmri=None if fmri_full is None else fmri_full[keep],
+        fmri_series=kept_series, fmri_offsets=kept_offsets,
         smri=None if smri_full is None else smri_full[keep], smri_features=smri_features,
         text=texts if "text" in modalities else None, text_embeddings=text_embeddings,
         mask={m: available[m][keep] for m in modalities}, report=report,
@@ -461,7 +493,7 @@ def _save_cache(path: Path, cohort: AbideCohort) -> None:
         "modalities": np.array(cohort.modalities, dtype=str),
         "report": np.array(json.dumps(cohort.report, default=_json_default)),
     }
-    for name in ("fmri", "smri", "text_embeddings"):
+    for name in ("fmri", "fmri_series", "fmri_offsets", "smri", "text_embeddings"):
         value = getattr(cohort, name)
         if value is not None:
             arrays[name] = value
@@ -480,7 +512,10 @@ def _load_cache(path: Path) -> AbideCohort:
         return AbideCohort(
             subject_ids=[str(s) for s in data["subject_ids"]], sub_ids=data["sub_ids"], sites=data["sites"].astype(str),
             labels=data["labels"], age=data["age"], sex=data["sex"], fiq=data["fiq"],
-            fmri=data["fmri"] if "fmri" in data else None, smri=data["smri"] if "smri" in data else None,
+            fmri=data["fmri"] if "fmri" in data else None,
+            fmri_series=data["fmri_series"] if "fmri_series" in data else None,
+            fmri_offsets=data["fmri_offsets"] if "fmri_offsets" in data else None,
+            smri=data["smri"] if "smri" in data else None,
             smri_features=[str(s) for s in data["smri_features"]],
             text=[str(s) for s in data["text"]] if "text" in data else None,
             text_embeddings=data["text_embeddings"] if "text_embeddings" in data else None,

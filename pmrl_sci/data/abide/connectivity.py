@@ -172,3 +172,39 @@ def _subject_connectivity(ts: np.ndarray, sid: str, kinds: list[str], fisher: bo
             matrix = fisher_z(matrix)
         np.fill_diagonal(matrix, 0.0)
         out[c][block] = matrix
+
+
+def window_correlation(timeseries: np.ndarray, start: int, length: int, fisher: bool = True) -> np.ndarray:
+    """Pearson connectivity ``[R, R]`` (float32) of the time points ``start .. start + length - 1``.
+
+    The same estimator and dead-ROI policy as the ``"correlation"`` channel of :func:`compute_connectivity`
+    (a ROI constant within the window gets a zero row and column), computed directly with NumPy: it is called
+    once per training subject and epoch by window-crop augmentation (``--fmri-crop``), where building a
+    ``ConnectivityMeasure`` each time would dominate. On the whole series it equals that channel.
+
+    Parameters
+    ----------
+    timeseries : ndarray
+        ``[T, R]`` ROI time series.
+    start, length : int
+        The window; ``0 <= start`` and ``start + length <= T``, ``length >= 3``.
+    fisher : bool
+        Apply the Fisher z-transform (:func:`fisher_z`).
+    """
+    n_time = timeseries.shape[0]
+    if length < 3 or start < 0 or start + length > n_time:
+        raise ValueError(f"window [{start}, {start + length}) must lie in [0, {n_time}) with at least 3 time points")
+    window = np.asarray(timeseries[start:start + length], dtype=np.float64)
+    zero, constant = dead_roi_masks(window)
+    live = np.flatnonzero(~(zero | constant))
+    out = np.zeros((timeseries.shape[1],) * 2, dtype=np.float32)
+    if live.size < 2:
+        return out
+    standardized = _zscore(window[:, live])
+    matrix = standardized.T @ standardized / (length - 1)
+    matrix = 0.5 * (matrix + matrix.T)
+    if fisher:
+        matrix = fisher_z(matrix)
+    np.fill_diagonal(matrix, 0.0)
+    out[np.ix_(live, live)] = matrix
+    return out

@@ -1,0 +1,91 @@
+"""Splits and sites of an ABIDE run: the split kind, records of older versions, per-site results.
+
+:func:`split_kind` names a run's split (``folds``, ``bnt``, ``loso`` or ``test-sites``); :func:`site_report`
+and :func:`per_site_results` say which sites a run trained and tested on and how each site fared;
+:func:`upgrade_recorded_config` reads a ``config.json`` written by an older version in today's options, so that
+resume checks compare like with like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pmrl_sci.tasks.abide import AbideConfig
+
+
+def upgrade_recorded_config(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``config.json`` of an older version in today's options.
+
+    Before ``--split folds`` existed (and became the default), K-fold runs were recorded as ``split: bnt`` with
+    ``folds: K``; they are the same runs as ``split: folds``, so a rerun resumes them. Before ``--ema-decay``
+    existed, no average was kept: such a run is ``ema_decay: 0.0`` (so today's default, 0.99, does not resume
+    it and mix its units with averaged ones).
+    """
+    upgraded = dict(recorded)
+    upgraded.setdefault("ema_decay", 0.0)
+    if upgraded.get("split") == "bnt" and upgraded.get("folds") is not None:
+        upgraded["split"] = "folds"
+    return upgraded
+
+
+def split_kind(config: AbideConfig) -> str:
+    """``"loso"``, ``"test-sites"``, ``"folds"`` or ``"bnt"``."""
+    return ("loso" if config.split == "loso" else "test-sites" if config.test_sites else
+            "bnt" if config.split == "bnt" else "folds")
+
+
+def unseen_sites(sites: np.ndarray, parts: Mapping[str, np.ndarray]) -> list[str]:
+    """Sites of a unit's test part with no subject in its training part (sorted)."""
+    return sorted(set(sites[parts["test"]].tolist()) - set(sites[parts["train"]].tolist()))
+
+
+def site_report(config: AbideConfig) -> dict[str, Any]:
+    """What ``data_report.json`` says about site splits and ComBat on sites absent from training."""
+    report: dict[str, Any] = {"split": split_kind(config), "test_sites": config.test_site_list,
+                              "combat_unseen": config.combat_unseen}
+    uses_combat = "smri" in config.modalities and config.combat == "train"
+    if uses_combat and config.combat_unseen == "estimate":
+        report["note"] = ("--combat-unseen estimate: the sMRI of subjects from sites with no training subject (the "
+                          "held-out test sites) was used WITHOUT their diagnosis labels (sMRI, age and sex only) to "
+                          "estimate their site's ComBat location and scale, the training fit held fixed; per unit "
+                          "see prep.combat.unlabelled_estimation in done/<unit>.json and combat_unseen in "
+                          "results.json")
+    elif uses_combat:
+        report["note"] = ("--combat-unseen passthrough: sMRI of sites with no training subject is not harmonised "
+                          "(ComBat returns it unadjusted) before standardisation with training statistics")
+    return report
+
+
+def per_site_results(results: list[dict[str, Any]], unseen: Mapping[str, list[str]]) -> dict[str, Any]:
+    """``per_site`` metrics and the ``unseen_sites`` of a run, pooled over its units.
+
+    Every unit's test predictions are pooled: over the units of one seed each subject is tested at most once
+    (folds and ``--split loso`` test every subject once, the BrainNetTF split and ``--test-sites`` some), so a
+    subject's prediction is counted once per seed; the metrics of a site (AUC, accuracy, sensitivity,
+    specificity, ``n`` = pooled predictions) are computed on all its pooled predictions together, across seeds.
+    A metric undefined for a site (one class only) is ``null`` with the reason under ``undefined``. A site is
+    ``unseen_in_training`` when no unit that tested it had one of its subjects in its training part;
+    ``unseen_sites`` lists the sites that some unit tested without having trained on them. Units recorded
+    without predictions (by an older version) are left out and named under ``per_site_missing_units``.
+    """
+    from pmrl_sci.metrics import per_group_metrics
+
+    pooled = [r for r in results if r.get("predictions")]
+    out: dict[str, Any] = {"unseen_sites": sorted({site for sites in unseen.values() for site in sites})}
+    missing = [r["unit"] for r in results if not r.get("predictions")]
+    if missing:
+        out["per_site_missing_units"] = missing
+    if not pooled:
+        out["per_site"] = {}
+        return out
+    column = {key: [v for r in pooled for v in r["predictions"][key]] for key in ("site", "label", "prob")}
+    per_site = per_group_metrics(column["label"], column["prob"], column["site"])
+    tested_seen = {site for r in pooled for site in r["predictions"]["site"] if site not in unseen.get(r["unit"], [])}
+    for site, entry in per_site.items():
+        entry["unseen_in_training"] = site not in tested_seen
+    out["per_site"] = per_site
+    return out
