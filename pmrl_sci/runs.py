@@ -58,14 +58,14 @@ class RunFolder:
         """Write the resolved configuration as ``config.yaml`` (and ``config.json``)."""
         if not self.write:
             return
-        plain = _plain(config)
+        plain = to_plain(config)
         atomic_write_text(self.path / "config.yaml", yaml.safe_dump(plain, sort_keys=False))
         atomic_write_json(self.path / "config.json", plain)
 
     def log_metrics(self, record: Mapping[str, Any]) -> None:
         """Append one record (e.g. one epoch) to ``metrics.jsonl``."""
         if self.write:
-            append_jsonl(self.path / "metrics.jsonl", _plain(record))
+            append_jsonl(self.path / "metrics.jsonl", to_plain(record))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """All records of ``metrics.jsonl`` so far."""
@@ -78,7 +78,7 @@ class RunFolder:
     def write_json(self, name: str, obj: Any) -> None:
         """Write ``<name>`` (JSON) atomically."""
         if self.write:
-            atomic_write_json(self.path / name, _plain(obj))
+            atomic_write_json(self.path / name, to_plain(obj))
 
     def read_json(self, name: str) -> Any:
         """Read ``<name>`` or return None when absent."""
@@ -185,16 +185,27 @@ def summarize(values: Iterable[float]) -> dict[str, Any]:
     return {"mean": float(array.mean()), "std": std, "values": array.tolist(), "n": int(array.size)}
 
 
-def _plain(obj: Any) -> Any:
-    """Convert to YAML/JSON-friendly builtins (paths, tensors, NumPy, tuples, NaN kept)."""
+def to_plain(obj: Any) -> Any:
+    """Convert to YAML/JSON-friendly builtins (paths, tensors, NumPy, tuples, NaN kept).
+
+    Parameters
+    ----------
+    obj : Any
+        A config, record or result, possibly nested in mappings, lists and tuples.
+
+    Returns
+    -------
+    Any
+        The same structure as dicts with string keys, lists, str, int, float, bool and None.
+    """
     if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [to_plain(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, torch.Tensor):
-        return _plain(obj.detach().cpu().tolist())
+        return to_plain(obj.detach().cpu().tolist())
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

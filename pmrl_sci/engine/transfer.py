@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from pmrl_sci.errors import InputError
-from pmrl_sci.runs import _plain
+from pmrl_sci.runs import to_plain
 
 
 class SourceRun:
@@ -76,7 +76,7 @@ class SourceRun:
 
         Values are compared as JSON (tuples as lists); a key the source config lacks is reported too.
         """
-        now = json.loads(json.dumps(_plain({k: current.get(k) for k in keys}), default=str))
+        now = json.loads(json.dumps(to_plain({k: current.get(k) for k in keys}), default=str))
         diff = []
         for key in keys:
             if key not in self.config:

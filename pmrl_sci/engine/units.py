@@ -10,7 +10,7 @@ from typing import Any
 
 from pmrl_sci.engine.loop import resume_checkpoint_name
 from pmrl_sci.errors import InputError
-from pmrl_sci.runs import RunFolder, _plain
+from pmrl_sci.runs import RunFolder, to_plain
 from pmrl_sci.training import progress
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def differing_options(recorded: Mapping[str, Any], current: Mapping[str, Any], i
     Options absent from ``recorded`` (written by an older version of the kit) are not compared.
     """
     skip = RESULT_NEUTRAL_OPTIONS | set(ignore)
-    now = json.loads(json.dumps(_plain(dict(current)), default=str))
+    now = json.loads(json.dumps(to_plain(dict(current)), default=str))
     return [f"{_option_flag(key)} {recorded[key]!r} (recorded) vs {now[key]!r} (now)"
             for key in now if key not in skip and key in recorded and not _same(recorded[key], now[key])]
 
