@@ -169,6 +169,7 @@ def test_a_new_modality_trains_only_its_encoder(tmp_path, cache_dir, source):
     (["--test-sites", "NYU", "--adapt", "align", "--objective", "none"], None, "--adapt align trains the alignment "
                                                                               "objective alone"),
     (["--test-sites", "NYU", "--model", "logistic"], None, "--model logistic is a fitted baseline"),
+    (["--test-sites", "NYU", "--fmri-crop", "0.7"], None, "adapting a run (--init-from) trains on the full-series"),
 ])
 def test_bad_sources_and_options_exit_2_naming_the_field(tmp_path, cache_dir, source, capsys, extra, modalities,
                                                          expected):

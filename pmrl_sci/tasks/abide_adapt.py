@@ -110,6 +110,9 @@ def check_adapt_options(config: AbideConfig) -> None:
                              f"got {config.adapt_labels}")
     elif config.adapt_labels is not None:
         raise InputError(f"--adapt-labels is used by --adapt finetune only (got --adapt {config.adapt})")
+    if config.fmri_crop:
+        raise InputError(f"--fmri-crop {config.fmri_crop} augments training from scratch; adapting a run "
+                         "(--init-from) trains on the full-series connectivity: use --fmri-crop 0")
     if config.model in FIT_BASELINES:
         raise InputError(f"--init-from starts from a trained network; --model {config.model} is a fitted baseline "
                          "(use the multimodal model or an fMRI encoder baseline)")
