@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "cross-entropy + alignment on --adapt-labels labelled target subjects per class (removed "
                             "from the test set), selected on the source's validation part")
     adapt.add_argument("--adapt-labels", type=int, default=d.adapt_labels, metavar="N",
-                       help="--adapt finetune: labelled target subjects per class (drawn with the unit's seed)")
+                       help="--adapt finetune: labelled target subjects per class and unit (drawn with the unit's "
+                            "seed from all its test subjects; with several --test-sites, not N per site)")
     return p
 
 
