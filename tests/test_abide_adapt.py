@@ -170,6 +170,8 @@ def test_a_new_modality_trains_only_its_encoder(tmp_path, cache_dir, source):
                                                                               "objective alone"),
     (["--test-sites", "NYU", "--model", "logistic"], None, "--model logistic is a fitted baseline"),
     (["--test-sites", "NYU", "--fmri-crop", "0.7"], None, "adapting a run (--init-from) trains on the full-series"),
+    (["--test-sites", "NYU", "--adapt", "finetune", "--adapt-labels", "2", "--align-epochs", "2"], None,
+     "--align-epochs 2 is a phase of training from scratch"),
 ])
 def test_bad_sources_and_options_exit_2_naming_the_field(tmp_path, cache_dir, source, capsys, extra, modalities,
                                                          expected):

@@ -113,6 +113,10 @@ def check_adapt_options(config: AbideConfig) -> None:
     if config.fmri_crop:
         raise InputError(f"--fmri-crop {config.fmri_crop} augments training from scratch; adapting a run "
                          "(--init-from) trains on the full-series connectivity: use --fmri-crop 0")
+    if config.align_epochs:
+        raise InputError(f"--align-epochs {config.align_epochs} is a phase of training from scratch; adapting a run "
+                         "(--init-from) starts from the source's trained model: use --align-epochs 0 (--adapt "
+                         "align is the alignment-only adaptation)")
     if config.model in FIT_BASELINES:
         raise InputError(f"--init-from starts from a trained network; --model {config.model} is a fitted baseline "
                          "(use the multimodal model or an fMRI encoder baseline)")
