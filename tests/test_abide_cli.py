@@ -252,12 +252,20 @@ def test_records_of_older_versions_are_read_in_todays_options():
     assert upgrade_recorded_config({"split": "loso", "folds": None})["split"] == "loso"
 
 
-def test_a_run_of_an_older_version_without_weight_averaging_is_not_resumed_with_it(tmp_path, cache_dir, capsys):
-    out, _ = _run(tmp_path, cache_dir, "--modalities", "smri", "--epochs", "1")
-    config = json.loads((out / "config.json").read_text())
+def test_weight_averaging_is_part_of_a_run_and_older_runs_had_none(tmp_path, cache_dir, capsys):
+    old = tmp_path / "old"
+    _run(old, cache_dir, "--modalities", "smri", "--epochs", "1")
+    config = json.loads((old / "run" / "config.json").read_text())
+    assert config["ema_decay"] == 0.0  # no weight average by default
     del config["ema_decay"]  # as written before --ema-decay existed
-    (out / "config.json").write_text(json.dumps(config))
+    (old / "run" / "config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit) as info:
-        _run(tmp_path, cache_dir, "--modalities", "smri", "--epochs", "1")
+        _run(old, cache_dir, "--modalities", "smri", "--epochs", "1", "--ema-decay", "0.99")
     assert info.value.code == 2 and "--ema-decay 0.0 (recorded) vs 0.99 (now)" in capsys.readouterr().err
-    _run(tmp_path, cache_dir, "--modalities", "smri", "--epochs", "1", "--ema-decay", "0")  # resumes
+    _run(old, cache_dir, "--modalities", "smri", "--epochs", "1")  # the default resumes it
+
+    averaged = tmp_path / "averaged"  # a run with an average is not resumed without it
+    _run(averaged, cache_dir, "--modalities", "smri", "--epochs", "1", "--ema-decay", "0.99")
+    with pytest.raises(SystemExit) as info:
+        _run(averaged, cache_dir, "--modalities", "smri", "--epochs", "1")
+    assert info.value.code == 2 and "--ema-decay 0.99 (recorded) vs 0.0 (now)" in capsys.readouterr().err

@@ -22,8 +22,8 @@ def upgrade_recorded_config(recorded: Mapping[str, Any]) -> dict[str, Any]:
 
     Before ``--split folds`` existed (and became the default), K-fold runs were recorded as ``split: bnt`` with
     ``folds: K``; they are the same runs as ``split: folds``, so a rerun resumes them. Before ``--ema-decay``
-    existed, no average was kept: such a run is ``ema_decay: 0.0`` (so today's default, 0.99, does not resume
-    it and mix its units with averaged ones).
+    existed, no average was kept: such a run is ``ema_decay: 0.0`` (so a rerun with an average, e.g. the 0.99
+    that was the default for a while, does not resume it and mix its units with averaged ones).
     """
     upgraded = dict(recorded)
     upgraded.setdefault("ema_decay", 0.0)
