@@ -156,6 +156,32 @@ def test_a_new_modality_trains_only_its_encoder(tmp_path, cache_dir, source):
     assert not _same(states[0], states[1], "backbone.encoders.text.")
 
 
+def test_adapt_align_with_fmri_crop_trains_on_windows_of_the_target_subjects(tmp_path, cache_dir, source,
+                                                                             monkeypatch):
+    import pmrl_sci.tasks.abide as abide_task
+
+    drawn = []
+    real = abide_task.WindowCropDataset
+
+    class Recording(real):  # the real dataset, recording which subjects it serves
+        def __init__(self, arrays, *a, **k):
+            super().__init__(arrays, *a, **k)
+            drawn.append((np.asarray(arrays.index).copy(), np.asarray(arrays.labels).copy()))
+
+    monkeypatch.setattr(abide_task, "WindowCropDataset", Recording)
+    args = ("--test-sites", "NYU", "--init-from", str(source), "--adapt", "align", "--epochs", "1", "--patience", "0")
+    _run(tmp_path / "whole", cache_dir, *args)
+    assert drawn == []  # no crops unless asked
+    _run(tmp_path / "crop", cache_dir, *args, "--fmri-crop", "0.5")
+    unit = "seed0-test-NYU"
+    (index, labels), = drawn
+    done = _done(tmp_path / "crop", unit)
+    assert len(index) == done["n_test"] == done["adaptation"]["n_training_subjects"]  # the target subjects...
+    assert set(done["predictions"]["site"]) == {"NYU"} and (labels == 0).all()  # ... of NYU, labels blanked
+    whole, crop = _state(tmp_path / "whole", unit)["model"], _state(tmp_path / "crop", unit)["model"]
+    assert _same(whole, crop, "classifier.") and not _same(whole, crop, "backbone.encoders.fmri.")
+
+
 @pytest.mark.parametrize("extra, modalities, expected", [
     (["--test-sites", "NYU"], ("fmri", "text"), "modalities ['fmri', 'smri'] (source) vs ['fmri', 'text'] (this run)"),
     (["--test-sites", "NYU", "--embed-dim", "8"], None, "config.json: embed_dim: 16 (source) vs 8 (this run)"),
@@ -169,7 +195,6 @@ def test_a_new_modality_trains_only_its_encoder(tmp_path, cache_dir, source):
     (["--test-sites", "NYU", "--adapt", "align", "--objective", "none"], None, "--adapt align trains the alignment "
                                                                               "objective alone"),
     (["--test-sites", "NYU", "--model", "logistic"], None, "--model logistic is a fitted baseline"),
-    (["--test-sites", "NYU", "--fmri-crop", "0.7"], None, "adapting a run (--init-from) trains on the full-series"),
     (["--test-sites", "NYU", "--adapt", "finetune", "--adapt-labels", "2", "--align-epochs", "2"], None,
      "--align-epochs 2 is a phase of training from scratch"),
 ])

@@ -329,11 +329,14 @@ class AbideTask(Task):
 
     def train_data(self) -> TrainData:
         """Training subjects in shuffled batches (the last partial batch dropped when there is more than one)."""
-        if self.config.fmri_crop and "fmri" in self.arrays["train"].inputs:
-            dataset: CohortDataset = WindowCropDataset(self.arrays["train"], self.cohort, self.config.fmri_crop,
-                                                       self.arrays["train"].fmri_scale)
+        return self.training_batches(self.arrays["train"])
+
+    def training_batches(self, arrays: SplitArrays) -> TrainData:
+        """``arrays`` as training data: window crops of the fMRI series under ``--fmri-crop``, shuffled batches."""
+        if self.config.fmri_crop and "fmri" in arrays.inputs:
+            dataset: CohortDataset = WindowCropDataset(arrays, self.cohort, self.config.fmri_crop, arrays.fmri_scale)
         else:
-            dataset = CohortDataset(self.arrays["train"])
+            dataset = CohortDataset(arrays)
         return TrainData(dataset, self.config.batch_size, drop_last=len(dataset) > self.config.batch_size)
 
     def batch_loss(self, batch: Any, step: Step) -> dict[str, torch.Tensor]:

@@ -110,9 +110,6 @@ def check_adapt_options(config: AbideConfig) -> None:
                              f"got {config.adapt_labels}")
     elif config.adapt_labels is not None:
         raise InputError(f"--adapt-labels is used by --adapt finetune only (got --adapt {config.adapt})")
-    if config.fmri_crop:
-        raise InputError(f"--fmri-crop {config.fmri_crop} augments training from scratch; adapting a run "
-                         "(--init-from) trains on the full-series connectivity: use --fmri-crop 0")
     if config.align_epochs:
         raise InputError(f"--align-epochs {config.align_epochs} is a phase of training from scratch; adapting a run "
                          "(--init-from) starts from the source's trained model: use --align-epochs 0 (--adapt "
@@ -355,7 +352,8 @@ class AdaptedAbideTask(AbideTask):
             frozen = []
         self.built = UnitModules(built.modules, ddp=built.ddp, frozen=tuple(frozen))
         target = self.arrays["target"]  # align: the target subjects without their labels
-        self.unlabelled = SplitArrays(target.inputs, target.mask, np.zeros_like(target.labels), target.index)
+        self.unlabelled = SplitArrays(target.inputs, target.mask, np.zeros_like(target.labels), target.index,
+                                      target.fmri_scale)
         self.before = self._before()
         return self.built
 
@@ -377,8 +375,7 @@ class AdaptedAbideTask(AbideTask):
         (``align``) or the labelled ones (``finetune``)."""
         arrays = {"none": self.arrays["train"], "align": self.unlabelled,
                   "finetune": self.arrays["labelled"]}[self.mode]
-        dataset = CohortDataset(arrays)
-        return TrainData(dataset, self.config.batch_size, drop_last=len(dataset) > self.config.batch_size)
+        return self.training_batches(arrays)
 
     def batch_loss(self, batch: Any, step: Any) -> dict[str, torch.Tensor]:
         """``align``: ``align_weight * alignment`` only (the labels are not used); else the ABIDE loss."""
