@@ -4,8 +4,8 @@ A front end describes a run with one config dataclass and builds its parser from
 dataclass's instance as the defaults (so ABIDE keeps ``tau2=0.4`` and Houston ``0.1``). A group adds only the
 options whose destination is a field of the dataclass; the names and meanings are the same everywhere:
 
-* :func:`add_run_options`: ``--seed`` (first seed), ``--seeds``, ``--out``, ``--device``, ``--no-progress``,
-  ``--tensorboard`` (``-c/--config`` is added by :func:`pmrl_sci.config.parse_dataclass_config`);
+* :func:`add_run_options`: ``--seed`` (first seed), ``--seeds``, ``--init-offset``, ``--out``, ``--device``,
+  ``--no-progress``, ``--tensorboard`` (``-c/--config`` is added by :func:`pmrl_sci.config.parse_dataclass_config`);
 * :func:`add_training_options`: ``--epochs``, ``--patience`` (0: no early stopping), ``--batch-size``,
   ``--lr``, ``--weight-decay``, ``--warmup-ratio``, ``--grad-clip``, ``--ema-decay``;
 * :func:`add_objective_options`: ``--objective``, ``--tau1``, ``--tau2``, ``--lambda1``, ``--no-instance-term``,
@@ -44,7 +44,8 @@ def _adder(group: Any, defaults: Any, helps: Mapping[str, str] | None) -> Callab
 
 def add_run_options(parser: argparse.ArgumentParser, defaults: Any, prefix: str = "runs/<task>",
                     helps: Mapping[str, str] | None = None) -> None:
-    """``--seed --seeds --out --device --no-progress --tensorboard`` (those that are fields of ``defaults``).
+    """``--seed --seeds --init-offset --out --device --no-progress --tensorboard`` (those that are fields of
+    ``defaults``).
 
     ``defaults`` is an instance of the task's config dataclass; ``helps`` replaces the help of some options
     (by destination name).
@@ -52,6 +53,9 @@ def add_run_options(parser: argparse.ArgumentParser, defaults: Any, prefix: str 
     add = _adder(parser.add_argument_group("run"), defaults, helps)
     add("--seed", dest="seed", type=int, help="first seed (trials use seed, seed + 1, ...)")
     add("--seeds", dest="seeds", type=int, help="number of trials (seeds), reported as mean and std")
+    add("--init-offset", dest="init_offset", type=int,
+        help="0, or N to train every unit from another initialisation and batch order on the same splits "
+             "(the engine seeds with seed + 1000 N): how much a result owes to one initialisation")
     add("--out", dest="out", help=f"run folder (default {prefix}-<time>); reuse it to resume (same options only)")
     add("--device", dest="device", help="auto, cpu, cuda, cuda:1, ...")
     add("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -123,6 +127,8 @@ def check_run_options(cfg: Any) -> None:
         raise InputError(f"--patience must be >= 0 (0: no early stopping), got {cfg.patience}")
     if getattr(cfg, "seeds", 1) < 1:
         raise InputError(f"--seeds must be >= 1, got {cfg.seeds}")
+    if getattr(cfg, "init_offset", 0) < 0:
+        raise InputError(f"--init-offset must be >= 0, got {cfg.init_offset}")
     if getattr(cfg, "batch_size", 1) < 1:
         raise InputError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     names = ("lr", "weight_decay", "warmup_ratio", "grad_clip", "ema_decay", "tau1", "tau2", "lambda1", "temperature",

@@ -269,3 +269,16 @@ def test_weight_averaging_is_part_of_a_run_and_older_runs_had_none(tmp_path, cac
     with pytest.raises(SystemExit) as info:
         _run(averaged, cache_dir, "--modalities", "smri", "--epochs", "1")
     assert info.value.code == 2 and "--ema-decay 0.99 (recorded) vs 0.0 (now)" in capsys.readouterr().err
+
+
+def test_init_offset_keeps_the_split_and_changes_the_initialisation(tmp_path, cache_dir, capsys):
+    base_out, base = _run(tmp_path / "base", cache_dir, "--modalities", "smri", "--epochs", "2")
+    other_out, other = _run(tmp_path / "other", cache_dir, "--modalities", "smri", "--epochs", "2",
+                            "--init-offset", "1")
+    first, second = (json.loads((out / "done" / "seed0.json").read_text()) for out in (base_out, other_out))
+    assert first["predictions"]["subject"] == second["predictions"]["subject"]  # the same test subjects
+    assert first["predictions"]["prob"] != second["predictions"]["prob"]  # from another initialisation
+    assert json.loads((other_out / "config.json").read_text())["init_offset"] == 1
+    with pytest.raises(SystemExit) as info:  # never mixed with the units of another initialisation
+        _run(tmp_path / "other", cache_dir, "--modalities", "smri", "--epochs", "2")
+    assert info.value.code == 2 and "--init-offset 1 (recorded) vs 0 (now)" in capsys.readouterr().err

@@ -287,3 +287,33 @@ def test_open_run_compares_an_upgraded_record(tmp_path):
     with pytest.raises(InputError, match="--split 'bnt'"):
         open_run(run, {"lr": 0.1, "split": "folds", "folds": 5})
     open_run(run, {"lr": 0.1, "split": "folds", "folds": 5}, upgrade=upgrade)  # the same run, recorded the old way
+
+
+def test_init_offset_trains_another_initialisation_of_the_same_data(tmp_path):
+    """``--init-offset N`` is the unit trained with seed + 1000 N: same task data, other weights; 0 is the unit's
+    seed itself; records keep the unit's seed."""
+    base = train_unit(TinyRegression(), _settings(), unit="u", seed=3, run=RunFolder(tmp_path / "a"), device=CPU)
+    same = train_unit(TinyRegression(), _settings(init_offset=0), unit="u", seed=3, run=RunFolder(tmp_path / "b"),
+                      device=CPU)
+    other_task = TinyRegression()
+    other_run = RunFolder(tmp_path / "c")
+    other = train_unit(other_task, _settings(init_offset=2), unit="u", seed=3, run=other_run, device=CPU)
+    shifted = train_unit(TinyRegression(), _settings(), unit="u", seed=2003, run=RunFolder(tmp_path / "d"),
+                         device=CPU)
+    assert same.best.test == base.best.test
+    assert other.best.test != base.best.test  # another initialisation and batch order
+    assert other.best.test == shifted.best.test  # exactly the engine seed 3 + 1000 * 2
+    assert {r["seed"] for r in other_run.read_metrics()} == {3}
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InputError, match="init-offset"):
+            _settings(init_offset=bad)
+
+
+def test_a_run_recorded_before_init_offset_resumes_only_under_offset_0(tmp_path):
+    run = RunFolder(tmp_path)
+    open_run(run, {"lr": 0.1})  # recorded without the option, as older versions did
+    train_unit(TinyRegression(), _settings(epochs=1), unit="u", seed=0, run=run, device=CPU)
+    with pytest.raises(InputError, match="--init-offset 0 .recorded. vs 1"):
+        open_run(run, {"lr": 0.1, "init_offset": 1})
+    assert "init_offset" not in run.read_json("config.json")  # the refused run wrote nothing
+    open_run(run, {"lr": 0.1, "init_offset": 0})

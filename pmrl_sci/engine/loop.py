@@ -21,6 +21,19 @@ from pmrl_sci.training import EarlyStopping, progress, report_epoch, seed_everyt
 logger = logging.getLogger(__name__)
 
 
+#: seeds of the initialisations of one unit under ``--init-offset`` are this far apart
+INIT_OFFSET_STRIDE = 1000
+
+
+def training_seed(seed: int, init_offset: int = 0) -> int:
+    """The seed the engine trains a unit with: ``seed + 1000 * init_offset`` (``seed`` itself by default).
+
+    ``init_offset`` (``--init-offset``) changes the initialisation and the batch order of a unit but not its
+    split or data preparation, which the task derives from ``seed``.
+    """
+    return int(seed) + INIT_OFFSET_STRIDE * int(init_offset)
+
+
 def resume_checkpoint_name(unit: str) -> str:
     """File name (under ``checkpoints/``) of a unit's per-epoch resume state."""
     return f"{unit}.resume.pt"
@@ -44,7 +57,8 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
     unit : str
         Unit name: records carry it, checkpoints are named after it.
     seed : int
-        Seeds Python, NumPy and torch before :meth:`Task.build`, and the batch order.
+        The unit's seed (records carry it). Python, NumPy and torch are seeded before :meth:`Task.build`, and
+        the batch order drawn, with :func:`training_seed` of it and ``settings.init_offset``.
     run : RunFolder
         Where records (``metrics.jsonl``), checkpoints and TensorBoard events go (rank 0 writes).
     device : torch.device
@@ -76,7 +90,8 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
 
     distributed = dist_info is not None and dist_info.distributed
     rank = dist_info.rank if distributed else 0
-    seed_everything(seed)
+    init_seed = training_seed(seed, settings.init_offset)
+    seed_everything(init_seed)
     built = task.build(device)
     frozen = built.freeze()  # before DDP and the optimiser see the parameters
     modules = built.modules
@@ -86,11 +101,11 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
     generator: torch.Generator | None = None
     global_sampler: GlobalBatchSampler | None = None
     if distributed or data.sampler == "global":
-        global_sampler = GlobalBatchSampler(len(data.dataset), data.batch_size, seed=seed,  # type: ignore[arg-type]
+        global_sampler = GlobalBatchSampler(len(data.dataset), data.batch_size, seed=init_seed,  # type: ignore[arg-type]
                                             drop_last=data.drop_last)
         batch_sampler: Any = global_sampler
     else:
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(init_seed)
         batch_sampler = shuffled_batches(data.dataset, data.batch_size, data.drop_last, generator)
     loader = data.make_loader(batch_sampler, generator)
     parameters = [p for m in modules.values() for p in m.parameters() if p.requires_grad]

@@ -46,6 +46,10 @@ class TrainSettings:
         0 (off), or the decay in (0, 1) of an exponential moving average of the weights, updated after every
         step (:class:`~pmrl_sci.engine.averaging.WeightAverage`); validation, model selection, the selected
         checkpoint and the test then use the averaged weights, while training continues on the raw ones.
+    init_offset : int
+        0, or N > 0 to train from another initialisation and batch order on the same data: the engine seeds
+        with ``seed + 1000 N`` instead of the unit's ``seed`` (:func:`~pmrl_sci.engine.loop.training_seed`).
+        Measures how much a result owes to one initialisation; splits and data preparation are unchanged.
     checkpoint_every : int
         Save the resume checkpoint every this many epochs (0: never; a killed unit then restarts).
     progress : bool
@@ -66,6 +70,7 @@ class TrainSettings:
     validate_every: int = 1
     select_from: int = 0
     ema_decay: float = 0.0
+    init_offset: int = 0
     checkpoint_every: int = 1
     progress: bool = True
     tensorboard: bool = False
@@ -93,6 +98,8 @@ class TrainSettings:
             raise InputError(f"validate_every must be >= 1, got {self.validate_every}")
         if not (self.ema_decay == 0 or 0 < self.ema_decay < 1):
             raise InputError(f"--ema-decay must be 0 (off) or in (0, 1), got {self.ema_decay}")
+        if isinstance(self.init_offset, bool) or int(self.init_offset) != self.init_offset or self.init_offset < 0:
+            raise InputError(f"--init-offset must be an integer >= 0, got {self.init_offset!r}")
         if not 0 <= int(self.select_from) < int(self.epochs):
             raise InputError(f"select_from must be in [0, epochs={self.epochs}), got {self.select_from}")
 

@@ -22,6 +22,10 @@ RESULT_NEUTRAL_OPTIONS = frozenset({
     "seed", "threads",
 })
 
+#: engine options that runs recorded before the option existed had implicitly, at these values: such a run is
+#: compared as if it had recorded them (so it resumes under the default and is refused under another value)
+IMPLIED_BY_OLDER_RUNS: Mapping[str, Any] = {"init_offset": 0}
+
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
@@ -81,6 +85,8 @@ def open_run(run: RunFolder, resolved: Mapping[str, Any], ignore: Iterable[str] 
     recorded = run.read_json("config.json")
     if recorded is not None and upgrade is not None:
         recorded = dict(upgrade(recorded))
+    if recorded is not None:
+        recorded = {**{k: v for k, v in IMPLIED_BY_OLDER_RUNS.items() if k in resolved}, **recorded}
     diff = differing_options(recorded, resolved, ignore) if recorded is not None and has_results(run) else []
     diff = gather_objects(diff)[0]  # rank 0's verdict on every rank; every rank has read before rank 0 writes
     if diff:

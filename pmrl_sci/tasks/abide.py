@@ -162,6 +162,7 @@ class AbideConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     ema_decay: float = 0.0
+    init_offset: int = 0
     embed_dim: int = 128
     dropout: float = 0.1
     fmri_channels: str = "correlation"
@@ -284,7 +285,8 @@ def train_settings(config: AbideConfig) -> TrainSettings:
     align = int(config.align_epochs)
     return TrainSettings(epochs=align + int(config.epochs or EMBEDDED_EPOCHS), patience=config.patience,
                          lr=config.lr, weight_decay=config.weight_decay, optimizer="adam", select_from=align,
-                         ema_decay=config.ema_decay, progress=config.progress,
+                         ema_decay=config.ema_decay, init_offset=config.init_offset,
+                         progress=config.progress,
                          tensorboard=config.tensorboard)
 
 

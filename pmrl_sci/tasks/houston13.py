@@ -110,6 +110,7 @@ class Houston13Config:
     warmup_ratio: float = 0.1
     grad_clip: float = 2.0
     ema_decay: float = 0.0
+    init_offset: int = 0
     val_fraction: float = 0.1
     device: str = "auto"
     threads: int | None = None
@@ -169,7 +170,8 @@ def train_settings(cfg: Houston13Config) -> TrainSettings:
     """Houston's engine settings: AdamW (betas 0.9, 0.98), linear warm-up then cosine decay, gradient clip."""
     return TrainSettings(epochs=cfg.epochs, patience=cfg.patience, lr=cfg.lr, weight_decay=cfg.weight_decay,
                          optimizer="adamw", betas=(0.9, 0.98), warmup_ratio=cfg.warmup_ratio, schedule="cosine",
-                         grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, progress=cfg.progress,
+                         grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, init_offset=cfg.init_offset,
+                         progress=cfg.progress,
                          tensorboard=cfg.tensorboard)
 
 

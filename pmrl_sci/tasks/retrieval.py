@@ -105,6 +105,7 @@ class RetrievalConfig:
     warmup_ratio: float = 0.1
     grad_clip: float = 2.0
     ema_decay: float = 0.0
+    init_offset: int = 0
     eval_every: int = 1
     patience: int = 10
     seed: int = 0
@@ -227,7 +228,8 @@ def train_settings(cfg: RetrievalConfig, has_validation: bool = True) -> TrainSe
     return TrainSettings(epochs=cfg.epochs, patience=cfg.patience if has_validation else 0, lr=cfg.lr,
                          weight_decay=cfg.weight_decay, optimizer="adamw", betas=(0.9, 0.98),
                          warmup_ratio=cfg.warmup_ratio, schedule="cosine", grad_clip=cfg.grad_clip,
-                         validate_every=validate_every, ema_decay=cfg.ema_decay, progress=cfg.progress,
+                         validate_every=validate_every, ema_decay=cfg.ema_decay, init_offset=cfg.init_offset,
+                         progress=cfg.progress,
                          tensorboard=cfg.tensorboard)
 
 
