@@ -347,3 +347,30 @@ def test_methods_resume_when_the_front_end_resolved_options_itself(tmp_path):
     assert again.status == "done", again.message
     changed = run_methods(methods, tmp_path, [*shared, "--epochs", "3"])[0]
     assert changed.status == "failed" and "epochs: stored 30, asked 3" in changed.message
+
+
+def test_quick_init_study_pairs_every_initialisation_and_their_ensemble_with_logistic_regression(tmp_path):
+    study = _script("abide_init")
+    out = tmp_path / "init"
+    argv = ["--quick", "--seeds", "1", "--inits", "2", "--epochs", "1", "--split", "bnt",
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert study.main(argv) == 0
+    table = pd.read_csv(out / "init.csv", index_col=0)
+    assert list(table.index) == [
+        "Default command, --init-offset 0", "Default command, --init-offset 1",
+        "Default command, ensemble of 2 initialisations", "Cross-entropy alone, --init-offset 0",
+        "Cross-entropy alone, --init-offset 1", "Cross-entropy alone, ensemble of 2 initialisations",
+        "Logistic regression, all inputs"]
+    assert json.loads((out / "pmrl-init1" / "config.json").read_text())["init_offset"] == 1
+    runs = [study.unit_predictions(out / f"pmrl-init{i}") for i in range(2)]
+    (subjects, labels, first), second = runs[0]["seed0"], runs[1]["seed0"][2]
+    assert runs[1]["seed0"][0] == subjects and not np.array_equal(first, second)  # same subjects, other models
+    from sklearn.metrics import roc_auc_score
+
+    assert study.ensemble_auc(runs)["seed0"] == pytest.approx(roc_auc_score(labels, (first + second) / 2))
+    assert table.loc["Default command, --init-offset 1", "AUC"] == (
+        f"{100 * json.loads((out / 'pmrl-init1' / 'done' / 'seed0.json').read_text())['auc']:.1f} ± 0.0")
+    assert "| Logistic regression, all inputs | 1 |" in (out / "init.md").read_text()
+    runs[1]["seed0"] = (subjects[::-1], labels, second)
+    with pytest.raises(ValueError, match="different subjects"):
+        study.ensemble_auc(runs)

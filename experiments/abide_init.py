@@ -1,0 +1,134 @@
+"""ABIDE: how much a result owes to one initialisation, and a deep ensemble over initialisations.
+
+Runs, each in ``<out>/<method>``, on identical splits: the default command and cross-entropy alone
+(``--objective none``) at ``--init-offset 0 .. N-1`` (the same units, each trained from N initialisations and batch
+orders), and logistic regression on every input once (it is deterministic). Then writes ``<out>/init.md`` and
+``<out>/init.csv``: per row the test AUC (mean and std over units) and its paired difference from logistic
+regression on every input, with a 95% t interval over units. The rows "ensemble of N initialisations" average
+each unit's test probabilities over the N runs (a deep ensemble) before computing its AUC; AUC only, since no
+threshold was chosen for the ensemble. Options it does not know go to every run; a rerun resumes.
+
+    python experiments/abide_init.py --data-dir ~/data/abide-dev --atlas ho \\
+        --freesurfer-dir ~/data/abide-dev/freesurfer --seeds 3 --inits 3 --out runs/init
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pmrl_sci.io import atomic_write_text
+from pmrl_sci.metrics import binary_classification_metrics
+from pmrl_sci.reports.compare import format_difference, paired_difference
+from pmrl_sci.tasks.abide_methods import (
+    Method,
+    experiment_parser,
+    report_outcomes,
+    run_methods,
+    shared_front_end_args,
+)
+
+REFERENCE = "Logistic regression, all inputs"
+#: the model families run at every initialisation: (folder prefix, row label, front-end options)
+FAMILIES = (("pmrl", "Default command", []), ("ce", "Cross-entropy alone", ["--objective", "none"]))
+
+
+def init_methods(inits: int) -> list[Method]:
+    """The default and cross-entropy alone at ``--init-offset 0 .. inits - 1``, then the reference."""
+    methods = [Method(f"{prefix}-init{i}", f"{label}, --init-offset {i}", [*args, "--init-offset", str(i)])
+               for prefix, label, args in FAMILIES for i in range(inits)]
+    return [*methods, Method("logistic-all", REFERENCE, ["--model", "logistic-all"], ("--model",))]
+
+
+def unit_predictions(folder: Path) -> dict[str, tuple[list[int], np.ndarray, np.ndarray]]:
+    """``{unit: (test subjects, labels, probabilities)}`` from the finished units of a run folder."""
+    out = {}
+    for file in sorted((folder / "done").glob("*.json")):
+        result = json.loads(file.read_text(encoding="utf-8"))
+        predictions = result["predictions"]
+        out[str(result["unit"])] = (list(predictions["subject"]), np.asarray(predictions["label"]),
+                                    np.asarray(predictions["prob"], dtype=float))
+    return out
+
+
+def ensemble_auc(runs: Sequence[Mapping[str, tuple[list[int], np.ndarray, np.ndarray]]]) -> dict[str, float]:
+    """Per unit, the test AUC of the probabilities averaged over ``runs`` (units every run holds).
+
+    Raises
+    ------
+    ValueError
+        When the runs tested a unit on different subjects (they were not run on the same splits).
+    """
+    units = sorted(set.intersection(*(set(r) for r in runs))) if runs else []
+    out = {}
+    for unit in units:
+        subjects, labels, _ = runs[0][unit]
+        if any(r[unit][0] != subjects for r in runs):
+            raise ValueError(f"unit {unit}: the runs tested different subjects; they are not on the same splits")
+        prob = np.mean([r[unit][2] for r in runs], axis=0)
+        out[unit] = binary_classification_metrics(labels, prob)["auc"]
+    return out
+
+
+def init_table(rows: Mapping[str, Mapping[str, float]], reference: str) -> pd.DataFrame:
+    """AUC mean, std, units and the paired difference from ``reference`` (all in AUC points x 100)."""
+    records = []
+    for label, values in rows.items():
+        auc = np.array([v for v in values.values() if np.isfinite(v)])
+        diff = paired_difference(rows[reference], values) if label != reference else None
+        records.append({"method": label, "units": auc.size, "AUC": f"{100 * auc.mean():.1f} ± {100 * auc.std():.1f}",
+                        f"ΔAUC vs {reference} [95% CI]":
+                            format_difference(diff["mean"], diff["low"], diff["high"]) if diff else "—"})
+    return pd.DataFrame.from_records(records).set_index("method")
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """``table`` (index and columns) as a Markdown table."""
+    lines = ["| " + " | ".join([table.index.name or "", *table.columns]) + " |",
+             "|" + "---|" * (len(table.columns) + 1)]
+    lines += ["| " + " | ".join([str(i), *(str(v) for v in row)]) + " |" for i, row in zip(table.index, table.values)]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the initialisation study; returns the exit status (1 when a run failed)."""
+    parser = experiment_parser(__doc__, "runs/abide-init")
+    parser.add_argument("--inits", type=int, default=3, help="initialisations per model (default 3)")
+    args, forward = parser.parse_known_args(argv)
+    if args.inits < 1:
+        parser.error(f"--inits must be >= 1, got {args.inits}")
+    try:
+        shared = shared_front_end_args(args, forward)
+    except ValueError as exc:
+        parser.error(str(exc))
+    outcomes = run_methods(init_methods(args.inits), args.out, shared)
+    status = report_outcomes(outcomes)
+    if any(o.status != "done" for o in outcomes):
+        print("[experiment] no table: not every run finished")
+        return 1
+    folders = {o.method.name: o.path for o in outcomes}
+    rows: dict[str, dict[str, float]] = {}
+    for prefix, label, _ in FAMILIES:
+        runs = [unit_predictions(folders[f"{prefix}-init{i}"]) for i in range(args.inits)]
+        for i, run in enumerate(runs):
+            rows[f"{label}, --init-offset {i}"] = ensemble_auc([run])
+        if args.inits > 1:
+            rows[f"{label}, ensemble of {args.inits} initialisations"] = ensemble_auc(runs)
+    rows[REFERENCE] = ensemble_auc([unit_predictions(folders["logistic-all"])])
+    table = init_table(rows, REFERENCE)
+    out = Path(args.out)
+    atomic_write_text(out / "init.csv", table.to_csv())
+    atomic_write_text(out / "init.md", "# ABIDE: initialisations and their ensemble (test AUC, %)\n\n"
+                      + markdown(table) + "\n")
+    print(table.to_string())
+    print(f"[experiment] table: {out / 'init.md'} and {out / 'init.csv'}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
