@@ -4,7 +4,8 @@ Runs, each in ``<out>/<method>``, on identical splits: the default command and c
 (``--objective none``) at ``--init-offset 0 .. N-1`` (the same units, each trained from N initialisations and batch
 orders), and logistic regression on every input once (it is deterministic). Then writes ``<out>/init.md`` and
 ``<out>/init.csv``: per row the test AUC (mean and std over units) and its paired difference from logistic
-regression on every input, with a 95% t interval over units. The rows "ensemble of N initialisations" average
+regression on every input, with a 95% t interval over units, and for the default its paired difference from
+cross-entropy alone at the same initialisation. The rows "ensemble of N initialisations" average
 each unit's test probabilities over the N runs (a deep ensemble) before computing its AUC; AUC only, since no
 threshold was chosen for the ensemble. Options it does not know go to every run; a rerun resumes.
 
@@ -25,6 +26,8 @@ import pandas as pd
 from pmrl_sci.io import atomic_write_text
 from pmrl_sci.metrics import binary_classification_metrics
 from pmrl_sci.reports.compare import format_difference, paired_difference
+from pmrl_sci.reports.tables import format_mean_std
+from pmrl_sci.runs import summarize
 from pmrl_sci.tasks.abide_methods import (
     Method,
     experiment_parser,
@@ -75,15 +78,22 @@ def ensemble_auc(runs: Sequence[Mapping[str, tuple[list[int], np.ndarray, np.nda
     return out
 
 
-def init_table(rows: Mapping[str, Mapping[str, float]], reference: str) -> pd.DataFrame:
-    """AUC mean, std, units and the paired difference from ``reference`` (all in AUC points x 100)."""
+def init_table(rows: Mapping[str, Mapping[str, float]], reference: str,
+               partners: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """AUC mean and std over units (sample std, as in every results table), units, and the paired difference from
+    ``reference``, in AUC points (x 100); a row named in ``partners`` also gets its paired difference from its
+    partner row (the default against cross-entropy alone at the same initialisation)."""
     records = []
     for label, values in rows.items():
-        auc = np.array([v for v in values.values() if np.isfinite(v)])
+        auc = summarize(v for v in values.values() if np.isfinite(v))
         diff = paired_difference(rows[reference], values) if label != reference else None
-        records.append({"method": label, "units": auc.size, "AUC": f"{100 * auc.mean():.1f} ± {100 * auc.std():.1f}",
+        records.append({"method": label, "units": auc["n"], "AUC": format_mean_std(auc["mean"], auc["std"]),
                         f"ΔAUC vs {reference} [95% CI]":
                             format_difference(diff["mean"], diff["low"], diff["high"]) if diff else "—"})
+        partner = (partners or {}).get(label)
+        pair = paired_difference(rows[partner], values) if partner else None
+        records[-1]["ΔAUC vs the same initialisation(s) of cross-entropy alone [95% CI]"] = (
+            format_difference(pair["mean"], pair["low"], pair["high"]) if pair else "—")
     return pd.DataFrame.from_records(records).set_index("method")
 
 
@@ -120,7 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.inits > 1:
             rows[f"{label}, ensemble of {args.inits} initialisations"] = ensemble_auc(runs)
     rows[REFERENCE] = ensemble_auc([unit_predictions(folders["logistic-all"])])
-    table = init_table(rows, REFERENCE)
+    (_, default, _), (_, ce, _) = FAMILIES
+    partners = {label: label.replace(default, ce, 1) for label in rows if label.startswith(default)}
+    table = init_table(rows, REFERENCE, partners)
     out = Path(args.out)
     atomic_write_text(out / "init.csv", table.to_csv())
     atomic_write_text(out / "init.md", "# ABIDE: initialisations and their ensemble (test AUC, %)\n\n"

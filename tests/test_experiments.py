@@ -371,6 +371,11 @@ def test_quick_init_study_pairs_every_initialisation_and_their_ensemble_with_log
     assert table.loc["Default command, --init-offset 1", "AUC"] == (
         f"{100 * json.loads((out / 'pmrl-init1' / 'done' / 'seed0.json').read_text())['auc']:.1f} ± 0.0")
     assert "| Logistic regression, all inputs | 1 |" in (out / "init.md").read_text()
+    partner = table["ΔAUC vs the same initialisation(s) of cross-entropy alone [95% CI]"]
+    ce = json.loads((out / "ce-init1" / "done" / "seed0.json").read_text())["auc"]
+    pmrl = json.loads((out / "pmrl-init1" / "done" / "seed0.json").read_text())["auc"]
+    assert partner["Default command, --init-offset 1"].startswith(f"{100 * (pmrl - ce):+.1f}")
+    assert partner["Cross-entropy alone, --init-offset 1"] == "—"
     runs[1]["seed0"] = (subjects[::-1], labels, second)
     with pytest.raises(ValueError, match="different subjects"):
         study.ensemble_auc(runs)
