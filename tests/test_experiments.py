@@ -379,3 +379,25 @@ def test_quick_init_study_pairs_every_initialisation_and_their_ensemble_with_log
     runs[1]["seed0"] = (subjects[::-1], labels, second)
     with pytest.raises(ValueError, match="different subjects"):
         study.ensemble_auc(runs)
+
+
+def test_tangent_study_fits_the_reference_on_training_subjects_and_pairs_it_with_pearson(tmp_path):
+    tangent = _script("abide_tangent")
+    out = tmp_path / "tangent"
+    argv = ["--seeds", "1", "--folds", "2", "--default-subjects", "36", "--default-sites", "2", "--atlas", "tt",
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    assert tangent.main(argv) == 0
+    table = pd.read_csv(out / "tangent.csv", index_col=0)
+    assert list(table.index) == list(tangent.ROWS) and list(table["units"]) == [2, 2]
+    assert table.loc[tangent.ROWS[0], "ΔAUC vs Pearson [95% CI]"] == "—"
+    # the reference point depends on the training subjects only: a change of a test subject's series leaves the
+    # training subjects' features alone
+    rng = np.random.default_rng(0)
+    series = [rng.standard_normal((40, 6)) for _ in range(8)]
+    series[7][:, 2] = 0.0  # a dead ROI stays finite
+    first = tangent.tangent_features(series, np.arange(5))
+    series[6] = rng.standard_normal((40, 6))
+    second = tangent.tangent_features(series, np.arange(5))
+    assert np.isfinite(first).all() and first.shape == (8, 15)
+    np.testing.assert_allclose(first[:6], second[:6])
+    assert not np.allclose(first[6], second[6])
