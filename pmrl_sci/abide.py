@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threshold", choices=list(THRESHOLDS), default=d.threshold,
                     help="decision threshold of accuracy, sensitivity and specificity: 0.5, or 'val': the one "
                          "maximising balanced accuracy (Youden's J) on the validation subjects (AUC does not use it)")
+    tr.add_argument("--ensemble", type=int, default=d.ensemble, metavar="M",
+                    help="train M models per unit from M initialisations (--init-offset, +1, ...) on the same split "
+                         "and report their averaged probabilities (a deep ensemble; M times the training); 1: off")
     tr.add_argument("--embed-dim", type=int, default=d.embed_dim, help="dimension of every modality embedding")
     tr.add_argument("--dropout", type=float, default=d.dropout)
     tr.add_argument("--input-noise", type=float, default=d.input_noise,

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from pmrl_sci.abide import main
@@ -245,10 +246,12 @@ def test_paper_setting_is_one_flag_away_and_flags_still_win(tmp_path):
 def test_records_of_older_versions_are_read_in_todays_options():
     from pmrl_sci.tasks.abide import upgrade_recorded_config
 
-    # K folds were recorded as split "bnt" with folds K; no --ema-decay meant no weight average
-    assert upgrade_recorded_config({"split": "bnt", "folds": 5}) == {"split": "folds", "folds": 5, "ema_decay": 0.0}
-    assert upgrade_recorded_config({"split": "bnt", "folds": None, "ema_decay": 0.99}) == {
-        "split": "bnt", "folds": None, "ema_decay": 0.99}
+    # K folds were recorded as split "bnt" with folds K; no --ema-decay meant no weight average, no --ensemble one
+    # model per unit
+    assert upgrade_recorded_config({"split": "bnt", "folds": 5}) == {"split": "folds", "folds": 5, "ema_decay": 0.0,
+                                                                     "ensemble": 1}
+    assert upgrade_recorded_config({"split": "bnt", "folds": None, "ema_decay": 0.99, "ensemble": 3}) == {
+        "split": "bnt", "folds": None, "ema_decay": 0.99, "ensemble": 3}
     assert upgrade_recorded_config({"split": "loso", "folds": None})["split"] == "loso"
 
 
@@ -282,3 +285,43 @@ def test_init_offset_keeps_the_split_and_changes_the_initialisation(tmp_path, ca
     with pytest.raises(SystemExit) as info:  # never mixed with the units of another initialisation
         _run(tmp_path / "other", cache_dir, "--modalities", "smri", "--epochs", "2")
     assert info.value.code == 2 and "--init-offset 1 (recorded) vs 0 (now)" in capsys.readouterr().err
+
+
+def test_ensemble_averages_the_members_that_init_offsets_train_alone(tmp_path, cache_dir, capsys):
+    from sklearn.metrics import roc_auc_score
+
+    common = ("--modalities", "smri", "text", "--epochs", "2")
+    ensemble_out, _ = _run(tmp_path / "ensemble", cache_dir, *common, "--ensemble", "2")
+    singles = [_run(tmp_path / f"offset{i}", cache_dir, *common, "--init-offset", str(i))[0] for i in (0, 1)]
+    done = json.loads((ensemble_out / "done" / "seed0.json").read_text())
+    members = [json.loads((out / "done" / "seed0.json").read_text()) for out in singles]
+    mean = np.mean([m["predictions"]["prob"] for m in members], axis=0)
+    np.testing.assert_allclose(done["predictions"]["prob"], mean, rtol=1e-6)
+    assert done["auc"] == pytest.approx(roc_auc_score(done["predictions"]["label"], mean))
+    assert done["ensemble"] == {"members": 2, "init_offsets": [0, 1],
+                                "best_epochs": [m["best_epoch"] for m in members],
+                                "member_auc": [m["auc"] for m in members]}
+    assert done["best_epoch"] == members[0]["best_epoch"]
+    checkpoints = ensemble_out / "checkpoints"
+    assert (checkpoints / "seed0-member1.pt").is_file() and not list(checkpoints.glob("*.resume.pt"))
+    from pmrl_sci.training import epoch_callback
+
+    class Killed(Exception):
+        pass
+
+    def kill_member_1(unit, epoch, metrics):
+        if unit == "seed0-member1" and epoch == 1:
+            raise Killed
+
+    with epoch_callback(kill_member_1), pytest.raises(Killed):
+        _run(tmp_path / "killed", cache_dir, *common, "--ensemble", "2")
+    assert (tmp_path / "killed" / "run" / "checkpoints" / "seed0-member1.resume.pt").is_file()
+    _run(tmp_path / "killed", cache_dir, *common, "--ensemble", "2")  # resumes inside member 1
+    assert json.loads((tmp_path / "killed" / "run" / "done" / "seed0.json").read_text())["predictions"] == (
+        done["predictions"])
+    with pytest.raises(SystemExit) as info:  # never mixed with single-model units
+        _run(tmp_path / "ensemble", cache_dir, *common)
+    assert info.value.code == 2 and "--ensemble 2 (recorded) vs 1 (now)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        _run(tmp_path / "bad", cache_dir, *common, "--ensemble", "0")
+    assert info.value.code == 2 and "--ensemble must be an integer >= 1" in capsys.readouterr().err

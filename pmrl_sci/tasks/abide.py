@@ -41,6 +41,7 @@ from pmrl_sci.engine import (
     TrainSettings,
     UnitModules,
     open_run,
+    resume_checkpoint_name,
     run_units,
 )
 from pmrl_sci.engine import train_unit as engine_train_unit
@@ -163,6 +164,7 @@ class AbideConfig:
     weight_decay: float = 1e-4
     ema_decay: float = 0.0
     init_offset: int = 0
+    ensemble: int = 1  # members per unit, trained at --init-offset + 0 .. M - 1, probabilities averaged
     embed_dim: int = 128
     dropout: float = 0.1
     fmri_channels: str = "correlation"
@@ -229,6 +231,13 @@ class AbideConfig:
                                  f"correlation (got {self.fmri_channels!r}) or --fmri-crop 0")
             if self.input_noise > 0:
                 raise InputError("--fmri-crop and --input-noise both change the training fMRI: use one of them")
+        if isinstance(self.ensemble, bool) or int(self.ensemble) != self.ensemble or self.ensemble < 1:
+            raise InputError(f"--ensemble must be an integer >= 1, got {self.ensemble!r}")
+        if self.ensemble > 1 and self.model in FIT_BASELINES:
+            raise InputError(f"--ensemble averages initialisations of a trained model: --model {self.model} is a "
+                             "deterministic fit (use --ensemble 1)")
+        if self.ensemble > 1 and self.init_from is not None:
+            raise InputError("--ensemble trains every member from scratch: not with --init-from")
         if self.model == "logistic-all" and self.input_noise > 0:
             raise InputError("--input-noise is not applied by --model logistic-all (its sMRI and phenotype features "
                              "would stay clean); use --model logistic or the multimodal model")
@@ -406,13 +415,47 @@ def train_abide_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[st
     ``--batch-size`` subjects; the cross-entropy is a share of the global-batch mean and the alignment
     objectives gather embeddings across ranks, so gradients equal one process's on the same global batch.
     """
-    task = AbideTask(config, cohort, parts, seed)
-    outcome = engine_train_unit(task, train_settings(config), unit=unit, seed=seed, run=run, device=device,
-                         dist_info=dist_info)
-    best = outcome.best
-    return {"unit": unit, "seed": seed, "best_epoch": best.epoch, "best_val": best.score,
-            "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"]),
-            **best.test, "prep": task.info}
+    members: list[tuple[AbideTask, Any, dict[str, Any], dict[str, Any]]] = []
+    for member in range(int(config.ensemble)):  # --ensemble M: member m trains at --init-offset + m
+        task = AbideTask(config, cohort, parts, seed)
+        settings = dataclasses.replace(train_settings(config), init_offset=config.init_offset + member)
+        outcome = engine_train_unit(task, settings, unit=ensemble_member_name(unit, member), seed=seed, run=run,
+                                    device=device, dist_info=dist_info)
+        val, test = ((evaluate(task.model, loader, device) for loader in (task.val_loader, task.test_loader))
+                     if config.ensemble > 1 else ({}, {}))
+        members.append((task, outcome.best, val, test))
+    task, best, _, _ = members[0]
+    result = {"unit": unit, "seed": seed, "best_epoch": best.epoch, "best_val": best.score,
+              "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"]),
+              **best.test, "prep": task.info}
+    if config.ensemble > 1:
+        result.update(ensemble_metrics(config, cohort, task.arrays["test"].index, members))
+        for member in range(1, config.ensemble):  # the members' resume states are not needed any more
+            run.remove_checkpoint(resume_checkpoint_name(ensemble_member_name(unit, member)))
+    return result
+
+
+def ensemble_member_name(unit: str, member: int) -> str:
+    """Run-folder name of an ensemble member: the unit itself for member 0, ``<unit>-member<m>`` after it."""
+    return unit if member == 0 else f"{unit}-member{member}"
+
+
+def ensemble_metrics(config: AbideConfig, cohort: AbideCohort, test_subjects: np.ndarray,
+                     members: list[tuple[Any, Any, dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """The unit's result from its members' averaged probabilities (``--ensemble``): test metrics at the
+    threshold chosen on the averaged validation probabilities, predictions, ROC, the members' mean validation
+    singular values, and ``ensemble`` (each member's selected epoch and test AUC)."""
+    val_prob = np.mean([val["prob"] for _, _, val, _ in members], axis=0)
+    test_prob = np.mean([test["prob"] for _, _, _, test in members], axis=0)
+    val_labels, test_labels = members[0][2]["label"], members[0][3]["label"]
+    sigmas = [best.test["val_sigma"] for _, best, _, _ in members if best.test.get("val_sigma") is not None]
+    return {**thresholded_metrics(config.threshold, val_labels, val_prob, test_labels, test_prob),
+            "predictions": test_predictions(cohort, test_subjects, test_prob),
+            "roc": roc_points(test_labels, test_prob) if len(set(test_labels)) == 2 else None,
+            "val_sigma": np.mean(sigmas, axis=0).tolist() if sigmas else None,
+            "ensemble": {"members": len(members), "init_offsets": [config.init_offset + m for m in range(len(members))],
+                         "best_epochs": [best.epoch for _, best, _, _ in members],
+                         "member_auc": [best.test["auc"] for _, best, _, _ in members]}}
 
 
 def test_predictions(cohort: AbideCohort, subjects: np.ndarray, prob: np.ndarray) -> dict[str, list[Any]]:

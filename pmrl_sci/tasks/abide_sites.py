@@ -23,10 +23,12 @@ def upgrade_recorded_config(recorded: Mapping[str, Any]) -> dict[str, Any]:
     Before ``--split folds`` existed (and became the default), K-fold runs were recorded as ``split: bnt`` with
     ``folds: K``; they are the same runs as ``split: folds``, so a rerun resumes them. Before ``--ema-decay``
     existed, no average was kept: such a run is ``ema_decay: 0.0`` (so a rerun with an average, e.g. the 0.99
-    that was the default for a while, does not resume it and mix its units with averaged ones).
+    that was the default for a while, does not resume it and mix its units with averaged ones); likewise, before
+    ``--ensemble`` existed every unit was one model (``ensemble: 1``).
     """
     upgraded = dict(recorded)
     upgraded.setdefault("ema_decay", 0.0)
+    upgraded.setdefault("ensemble", 1)
     if upgraded.get("split") == "bnt" and upgraded.get("folds") is not None:
         upgraded["split"] = "folds"
     return upgraded
