@@ -59,7 +59,15 @@ from pmrl_sci.tasks.abide_data import (
     resolve_data,
     unit_splits,
 )
-from pmrl_sci.tasks.abide_fit import THRESHOLDS, baseline_probabilities, logistic_all_features, thresholded_metrics
+from pmrl_sci.tasks.abide_fit import (  # noqa: F401 - test_predictions re-exported
+    THRESHOLDS,
+    baseline_probabilities,
+    ensemble_member_name,
+    ensemble_metrics,
+    logistic_all_features,
+    test_predictions,
+    thresholded_metrics,
+)
 from pmrl_sci.tasks.abide_model import AbideModel, build_abide_model, evaluate, to_device
 from pmrl_sci.tasks.abide_sites import (  # noqa: F401 - re-exported
     per_site_results,
@@ -433,36 +441,6 @@ def train_abide_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[st
         for member in range(1, config.ensemble):  # the members' resume states are not needed any more
             run.remove_checkpoint(resume_checkpoint_name(ensemble_member_name(unit, member)))
     return result
-
-
-def ensemble_member_name(unit: str, member: int) -> str:
-    """Run-folder name of an ensemble member: the unit itself for member 0, ``<unit>-member<m>`` after it."""
-    return unit if member == 0 else f"{unit}-member{member}"
-
-
-def ensemble_metrics(config: AbideConfig, cohort: AbideCohort, test_subjects: np.ndarray,
-                     members: list[tuple[Any, Any, dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
-    """The unit's result from its members' averaged probabilities (``--ensemble``): test metrics at the
-    threshold chosen on the averaged validation probabilities, predictions, ROC, the members' mean validation
-    singular values, and ``ensemble`` (each member's selected epoch and test AUC)."""
-    val_prob = np.mean([val["prob"] for _, _, val, _ in members], axis=0)
-    test_prob = np.mean([test["prob"] for _, _, _, test in members], axis=0)
-    val_labels, test_labels = members[0][2]["label"], members[0][3]["label"]
-    sigmas = [best.test["val_sigma"] for _, best, _, _ in members if best.test.get("val_sigma") is not None]
-    return {**thresholded_metrics(config.threshold, val_labels, val_prob, test_labels, test_prob),
-            "predictions": test_predictions(cohort, test_subjects, test_prob),
-            "roc": roc_points(test_labels, test_prob) if len(set(test_labels)) == 2 else None,
-            "val_sigma": np.mean(sigmas, axis=0).tolist() if sigmas else None,
-            "ensemble": {"members": len(members), "init_offsets": [config.init_offset + m for m in range(len(members))],
-                         "best_epochs": [best.epoch for _, best, _, _ in members],
-                         "member_auc": [best.test["auc"] for _, best, _, _ in members]}}
-
-
-def test_predictions(cohort: AbideCohort, subjects: np.ndarray, prob: np.ndarray) -> dict[str, list[Any]]:
-    """Each test subject's index, site, label and predicted probability (for the per-site results)."""
-    subjects = np.asarray(subjects, dtype=int)
-    return {"subject": subjects.tolist(), "site": [str(s) for s in cohort.sites[subjects]],
-            "label": cohort.labels[subjects].astype(int).tolist(), "prob": np.asarray(prob, dtype=float).tolist()}
 
 
 #: the name benchmarks and older callers use

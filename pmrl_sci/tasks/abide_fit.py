@@ -5,6 +5,7 @@
 read after the threshold is fixed. :func:`logistic_all_features` builds, per unit, the features of every input
 the multimodal model sees: vectorised connectivity (fMRI), ComBat-harmonised FreeSurfer features fitted on the
 training subjects only (sMRI), and the phenotype fields its text carries, encoded numerically (text).
+:func:`ensemble_metrics` is the result of a unit of ``--ensemble M`` from its members' probabilities.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pmrl_sci.data.abide.cohort import AbideCohort
-from pmrl_sci.metrics import binary_classification_metrics, youden_threshold
+from pmrl_sci.metrics import binary_classification_metrics, roc_points, youden_threshold
 
 if TYPE_CHECKING:  # pragma: no cover
     from pmrl_sci.tasks.abide import AbideConfig
@@ -107,3 +108,33 @@ def baseline_probabilities(features: np.ndarray, labels: np.ndarray, local: Mapp
     prob, info = fit_predict_logistic(features, labels, local["train"], local["val"], local["test"], seed=seed,
                                       return_info=True)
     return info.pop("val_prob"), prob, info
+
+
+def ensemble_member_name(unit: str, member: int) -> str:
+    """Run-folder name of an ensemble member: the unit itself for member 0, ``<unit>-member<m>`` after it."""
+    return unit if member == 0 else f"{unit}-member{member}"
+
+
+def ensemble_metrics(config: AbideConfig, cohort: AbideCohort, test_subjects: np.ndarray,
+                     members: list[tuple[Any, Any, dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """The unit's result from its members' averaged probabilities (``--ensemble``): test metrics at the
+    threshold chosen on the averaged validation probabilities, predictions, ROC, the members' mean validation
+    singular values, and ``ensemble`` (each member's selected epoch and test AUC)."""
+    val_prob = np.mean([val["prob"] for _, _, val, _ in members], axis=0)
+    test_prob = np.mean([test["prob"] for _, _, _, test in members], axis=0)
+    val_labels, test_labels = members[0][2]["label"], members[0][3]["label"]
+    sigmas = [best.test["val_sigma"] for _, best, _, _ in members if best.test.get("val_sigma") is not None]
+    return {**thresholded_metrics(config.threshold, val_labels, val_prob, test_labels, test_prob),
+            "predictions": test_predictions(cohort, test_subjects, test_prob),
+            "roc": roc_points(test_labels, test_prob) if len(set(test_labels)) == 2 else None,
+            "val_sigma": np.mean(sigmas, axis=0).tolist() if sigmas else None,
+            "ensemble": {"members": len(members), "init_offsets": [config.init_offset + m for m in range(len(members))],
+                         "best_epochs": [best.epoch for _, best, _, _ in members],
+                         "member_auc": [best.test["auc"] for _, best, _, _ in members]}}
+
+
+def test_predictions(cohort: AbideCohort, subjects: np.ndarray, prob: np.ndarray) -> dict[str, list[Any]]:
+    """Each test subject's index, site, label and predicted probability (for the per-site results)."""
+    subjects = np.asarray(subjects, dtype=int)
+    return {"subject": subjects.tolist(), "site": [str(s) for s in cohort.sites[subjects]],
+            "label": cohort.labels[subjects].astype(int).tolist(), "prob": np.asarray(prob, dtype=float).tolist()}
