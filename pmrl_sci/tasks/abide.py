@@ -46,7 +46,7 @@ from pmrl_sci.engine import (
 )
 from pmrl_sci.engine import train_unit as engine_train_unit
 from pmrl_sci.errors import InputError
-from pmrl_sci.metrics import binary_classification_metrics, roc_points
+from pmrl_sci.metrics import binary_classification_metrics
 from pmrl_sci.options import build_alignment_objective, check_objective_options, check_run_options
 from pmrl_sci.runs import RunFolder, summarize
 from pmrl_sci.tasks.abide_data import (
@@ -61,12 +61,13 @@ from pmrl_sci.tasks.abide_data import (
 )
 from pmrl_sci.tasks.abide_fit import (  # noqa: F401 - test_predictions re-exported
     THRESHOLDS,
+    EnsembleMember,
     baseline_probabilities,
     ensemble_member_name,
     ensemble_metrics,
     logistic_all_features,
+    probability_result,
     test_predictions,
-    thresholded_metrics,
 )
 from pmrl_sci.tasks.abide_model import AbideModel, build_abide_model, evaluate, to_device
 from pmrl_sci.tasks.abide_sites import (  # noqa: F401 - re-exported
@@ -406,11 +407,9 @@ class AbideTask(Task):
         model (validation and test)."""
         val = evaluate(self.model, self.val_loader, self.device)
         test = evaluate(self.model, self.test_loader, self.device)
-        metrics = thresholded_metrics(self.config.threshold, val["label"], val["prob"], test["label"], test["prob"])
-        predictions = test_predictions(self.cohort, self.arrays["test"].index, test["prob"])
-        return {**metrics, "predictions": predictions,
+        return {**probability_result(self.config.threshold, self.cohort, self.arrays["test"].index, val["label"],
+                                     val["prob"], test["label"], test["prob"]),
                 "val_sigma": val["sigma"].mean(axis=0).tolist() if val["sigma"] is not None else None,
-                "roc": roc_points(test["label"], test["prob"]) if len(set(test["label"])) == 2 else None,
                 "test_sigma": test["sigma"].tolist() if test["sigma"] is not None else None,
                 "test_u1_cosine": test.get("u1_cosine"), "test_v_abs_mean": test.get("v_abs_mean")}
 
@@ -423,21 +422,25 @@ def train_abide_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[st
     ``--batch-size`` subjects; the cross-entropy is a share of the global-batch mean and the alignment
     objectives gather embeddings across ranks, so gradients equal one process's on the same global batch.
     """
-    members: list[tuple[AbideTask, Any, dict[str, Any], dict[str, Any]]] = []
+    members: list[EnsembleMember] = []
     for member in range(int(config.ensemble)):  # --ensemble M: member m trains at --init-offset + m
         task = AbideTask(config, cohort, parts, seed)
         settings = dataclasses.replace(train_settings(config), init_offset=config.init_offset + member)
         outcome = engine_train_unit(task, settings, unit=ensemble_member_name(unit, member), seed=seed, run=run,
                                     device=device, dist_info=dist_info)
-        val, test = ((evaluate(task.model, loader, device) for loader in (task.val_loader, task.test_loader))
-                     if config.ensemble > 1 else ({}, {}))
-        members.append((task, outcome.best, val, test))
-    task, best, _, _ = members[0]
+        if config.ensemble > 1:  # the selected model is in place: its probabilities for the average
+            members.append(EnsembleMember(outcome.best, evaluate(task.model, task.val_loader, device),
+                                          evaluate(task.model, task.test_loader, device)))
+        else:
+            members.append(EnsembleMember(outcome.best, {}, {}))
+        if member == 0:
+            first_task = task
+    best = members[0].best
     result = {"unit": unit, "seed": seed, "best_epoch": best.epoch, "best_val": best.score,
               "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"]),
-              **best.test, "prep": task.info}
+              **best.test, "prep": first_task.info}
     if config.ensemble > 1:
-        result.update(ensemble_metrics(config, cohort, task.arrays["test"].index, members))
+        result.update(ensemble_metrics(config, cohort, first_task.arrays["test"].index, members))
         for member in range(1, config.ensemble):  # the members' resume states are not needed any more
             run.remove_checkpoint(resume_checkpoint_name(ensemble_member_name(unit, member)))
     return result
@@ -479,13 +482,11 @@ def fit_baseline_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[s
         prob, val_prob = prob_all[local["test"]], prob_all[local["val"]]
         val_metrics = binary_classification_metrics(labels[local["val"]], val_prob)
         best_val = val_metrics["auc"]
-    test_labels = labels[local["test"]]
-    metrics = thresholded_metrics(config.threshold, labels[local["val"]], val_prob, test_labels, prob)
+    result = probability_result(config.threshold, cohort, subjects[local["test"]], labels[local["val"]], val_prob,
+                                labels[local["test"]], prob)
     return {"unit": unit, "seed": seed, "best_epoch": int(fit_info.get("best_epoch", -1)), "best_val": best_val,
             "n_train": len(local["train"]), "n_val": len(local["val"]), "n_test": len(local["test"]),
-            "excluded_no_fmri": int(sum(len(parts[n]) - len(kept[n]) for n in order)), **metrics,
-            "predictions": test_predictions(cohort, subjects[local["test"]], prob),
-            "roc": roc_points(test_labels, prob) if len(set(test_labels)) == 2 else None, "test_sigma": None,
+            "excluded_no_fmri": int(sum(len(parts[n]) - len(kept[n]) for n in order)), **result, "test_sigma": None,
             "prep": info | {"fit": {k: v for k, v in fit_info.items() if k != "scores"}}}
 
 

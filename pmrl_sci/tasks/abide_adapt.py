@@ -60,12 +60,11 @@ from pmrl_sci.tasks.abide import (
     AbideConfig,
     AbideTask,
     per_site_results,
-    test_predictions,
     train_settings,
     upgrade_recorded_config,
 )
 from pmrl_sci.tasks.abide_data import CohortDataset, SplitArrays, unit_splits
-from pmrl_sci.tasks.abide_fit import thresholded_metrics
+from pmrl_sci.tasks.abide_fit import probability_result
 from pmrl_sci.tasks.abide_model import evaluate
 from pmrl_sci.training import seed_everything
 
@@ -367,8 +366,8 @@ class AdaptedAbideTask(AbideTask):
 
         val = evaluate(self.model, loader(self.arrays["val"]), self.device)
         test = evaluate(self.model, loader(self.arrays["test"]), self.device)
-        metrics = thresholded_metrics(self.config.threshold, val["label"], val["prob"], test["label"], test["prob"])
-        return {**metrics, "predictions": test_predictions(self.cohort, self.arrays["test"].index, test["prob"])}
+        return probability_result(self.config.threshold, self.cohort, self.arrays["test"].index, val["label"],
+                                  val["prob"], test["label"], test["prob"])
 
     def train_data(self) -> TrainData:
         """The source unit's training subjects (new modality, ``none``), the unlabelled target subjects

@@ -5,12 +5,14 @@
 read after the threshold is fixed. :func:`logistic_all_features` builds, per unit, the features of every input
 the multimodal model sees: vectorised connectivity (fMRI), ComBat-harmonised FreeSurfer features fitted on the
 training subjects only (sMRI), and the phenotype fields its text carries, encoded numerically (text).
-:func:`ensemble_metrics` is the result of a unit of ``--ensemble M`` from its members' probabilities.
+:func:`probability_result` is a unit's test result from validation and test probabilities (every ABIDE model and
+baseline reports through it); :func:`ensemble_metrics` is that of a unit of ``--ensemble M`` from its members.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -110,27 +112,45 @@ def baseline_probabilities(features: np.ndarray, labels: np.ndarray, local: Mapp
     return info.pop("val_prob"), prob, info
 
 
+def probability_result(mode: str, cohort: AbideCohort, test_subjects: np.ndarray, val_labels: np.ndarray,
+                       val_prob: np.ndarray, test_labels: np.ndarray, test_prob: np.ndarray) -> dict[str, Any]:
+    """A unit's test result from probabilities: :func:`thresholded_metrics` (threshold ``mode``, chosen on the
+    validation subjects), each test subject's ``predictions`` and the ``roc`` points (None with one class)."""
+    test_labels = np.asarray(test_labels)
+    return {**thresholded_metrics(mode, np.asarray(val_labels), np.asarray(val_prob), test_labels, test_prob),
+            "predictions": test_predictions(cohort, test_subjects, test_prob),
+            "roc": roc_points(test_labels, test_prob) if len(set(test_labels.tolist())) == 2 else None}
+
+
 def ensemble_member_name(unit: str, member: int) -> str:
     """Run-folder name of an ensemble member: the unit itself for member 0, ``<unit>-member<m>`` after it."""
     return unit if member == 0 else f"{unit}-member{member}"
 
 
 def ensemble_metrics(config: AbideConfig, cohort: AbideCohort, test_subjects: np.ndarray,
-                     members: list[tuple[Any, Any, dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
-    """The unit's result from its members' averaged probabilities (``--ensemble``): test metrics at the
-    threshold chosen on the averaged validation probabilities, predictions, ROC, the members' mean validation
-    singular values, and ``ensemble`` (each member's selected epoch and test AUC)."""
-    val_prob = np.mean([val["prob"] for _, _, val, _ in members], axis=0)
-    test_prob = np.mean([test["prob"] for _, _, _, test in members], axis=0)
-    val_labels, test_labels = members[0][2]["label"], members[0][3]["label"]
-    sigmas = [best.test["val_sigma"] for _, best, _, _ in members if best.test.get("val_sigma") is not None]
-    return {**thresholded_metrics(config.threshold, val_labels, val_prob, test_labels, test_prob),
-            "predictions": test_predictions(cohort, test_subjects, test_prob),
-            "roc": roc_points(test_labels, test_prob) if len(set(test_labels)) == 2 else None,
+                     members: Sequence[EnsembleMember]) -> dict[str, Any]:
+    """The unit's result from its members' averaged probabilities (``--ensemble``): :func:`probability_result`
+    at the threshold chosen on the averaged validation probabilities, the members' mean validation singular
+    values, and ``ensemble`` (each member's ``--init-offset``, selected epoch and test AUC)."""
+    val_prob = np.mean([m.val["prob"] for m in members], axis=0)
+    test_prob = np.mean([m.test["prob"] for m in members], axis=0)
+    sigmas = [m.best.test["val_sigma"] for m in members if m.best.test.get("val_sigma") is not None]
+    return {**probability_result(config.threshold, cohort, test_subjects, members[0].val["label"], val_prob,
+                                 members[0].test["label"], test_prob),
             "val_sigma": np.mean(sigmas, axis=0).tolist() if sigmas else None,
-            "ensemble": {"members": len(members), "init_offsets": [config.init_offset + m for m in range(len(members))],
-                         "best_epochs": [best.epoch for _, best, _, _ in members],
-                         "member_auc": [best.test["auc"] for _, best, _, _ in members]}}
+            "ensemble": {"members": len(members), "init_offsets": [config.init_offset + i for i in range(len(members))],
+                         "best_epochs": [m.best.epoch for m in members],
+                         "member_auc": [m.best.test["auc"] for m in members]}}
+
+
+@dataclass
+class EnsembleMember:
+    """One trained member of an ``--ensemble`` unit: its selected model (``best``: epoch, score, test metrics)
+    and that model's validation and test probabilities and labels (:func:`~pmrl_sci.tasks.abide_model.evaluate`)."""
+
+    best: Any
+    val: dict[str, Any]
+    test: dict[str, Any]
 
 
 def test_predictions(cohort: AbideCohort, subjects: np.ndarray, prob: np.ndarray) -> dict[str, list[Any]]:
