@@ -21,13 +21,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pmrl_sci.io import atomic_write_text
 from pmrl_sci.metrics import binary_classification_metrics
-from pmrl_sci.reports.compare import format_difference, paired_difference
-from pmrl_sci.reports.tables import format_mean_std
-from pmrl_sci.runs import summarize
+from pmrl_sci.reports.compare import frame_markdown, paired_unit_table
 from pmrl_sci.tasks.abide_methods import (
     Method,
     experiment_parser,
@@ -78,33 +75,6 @@ def ensemble_auc(runs: Sequence[Mapping[str, tuple[list[int], np.ndarray, np.nda
     return out
 
 
-def init_table(rows: Mapping[str, Mapping[str, float]], reference: str,
-               partners: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """AUC mean and std over units (sample std, as in every results table), units, and the paired difference from
-    ``reference``, in AUC points (x 100); a row named in ``partners`` also gets its paired difference from its
-    partner row (the default against cross-entropy alone at the same initialisation)."""
-    records = []
-    for label, values in rows.items():
-        auc = summarize(v for v in values.values() if np.isfinite(v))
-        diff = paired_difference(rows[reference], values) if label != reference else None
-        records.append({"method": label, "units": auc["n"], "AUC": format_mean_std(auc["mean"], auc["std"]),
-                        f"ΔAUC vs {reference} [95% CI]":
-                            format_difference(diff["mean"], diff["low"], diff["high"]) if diff else "—"})
-        partner = (partners or {}).get(label)
-        pair = paired_difference(rows[partner], values) if partner else None
-        records[-1]["ΔAUC vs the same initialisation(s) of cross-entropy alone [95% CI]"] = (
-            format_difference(pair["mean"], pair["low"], pair["high"]) if pair else "—")
-    return pd.DataFrame.from_records(records).set_index("method")
-
-
-def markdown(table: pd.DataFrame) -> str:
-    """``table`` (index and columns) as a Markdown table."""
-    lines = ["| " + " | ".join([table.index.name or "", *table.columns]) + " |",
-             "|" + "---|" * (len(table.columns) + 1)]
-    lines += ["| " + " | ".join([str(i), *(str(v) for v in row)]) + " |" for i, row in zip(table.index, table.values)]
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the initialisation study; returns the exit status (1 when a run failed)."""
     parser = experiment_parser(__doc__, "runs/abide-init")
@@ -132,11 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows[REFERENCE] = ensemble_auc([unit_predictions(folders["logistic-all"])])
     (_, default, _), (_, ce, _) = FAMILIES
     partners = {label: label.replace(default, ce, 1) for label in rows if label.startswith(default)}
-    table = init_table(rows, REFERENCE, partners)
+    table = paired_unit_table(rows, REFERENCE, partners,
+                              partner_title="the same initialisation(s) of cross-entropy alone")
     out = Path(args.out)
     atomic_write_text(out / "init.csv", table.to_csv())
     atomic_write_text(out / "init.md", "# ABIDE: initialisations and their ensemble (test AUC, %)\n\n"
-                      + markdown(table) + "\n")
+                      + frame_markdown(table))
     print(table.to_string())
     print(f"[experiment] table: {out / 'init.md'} and {out / 'init.csv'}")
     return status

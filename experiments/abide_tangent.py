@@ -4,7 +4,8 @@ Tangent-space embedding of the subjects' covariance matrices (Varoquaux et al., 
 connectivity for ABIDE classification in Dadi et al. (NeuroImage 2019). Per unit of the front end (``--folds`` x
 ``--seeds``, the same splits as ``python -m pmrl_sci.abide``), nilearn's ``ConnectivityMeasure(kind="tangent")``
 with Ledoit-Wolf covariances is fitted on the training subjects' ROI time series only and applied to every
-subject; ROIs with zero variance keep zero series (Ledoit-Wolf shrinkage keeps their covariance invertible). Both
+subject; nilearn z-scores each ROI and leaves a zero-variance ROI a zero series (Ledoit-Wolf shrinkage keeps the
+covariance invertible). Both
 rows are :func:`~pmrl_sci.baselines.logistic.fit_predict_logistic` (C chosen on validation AUC) on the subjects
 with fMRI; Pearson is the front end's ``--model logistic``. Writes ``<out>/tangent.md`` and ``tangent.csv``: test
 AUC per row (mean ± std over units) and the paired difference from Pearson with a 95% t interval.
@@ -21,7 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from nilearn.connectome import ConnectivityMeasure
 from sklearn.covariance import LedoitWolf
 from threadpoolctl import threadpool_limits
@@ -32,27 +32,18 @@ from pmrl_sci.data.abide.cohort import AbideCohort, load_abide_cohort
 from pmrl_sci.data.cache import cache_root
 from pmrl_sci.io import atomic_write_text
 from pmrl_sci.metrics import binary_classification_metrics
-from pmrl_sci.reports.compare import format_difference, paired_difference
-from pmrl_sci.reports.tables import format_mean_std
-from pmrl_sci.runs import summarize
+from pmrl_sci.reports.compare import frame_markdown, paired_unit_table
 from pmrl_sci.tasks.abide import AbideConfig, resolve_data
 from pmrl_sci.tasks.abide_data import unit_splits
 
 ROWS = ("Pearson correlation (--model logistic)", "Tangent space, fitted on the training subjects")
 
 
-def standardized_series(cohort: AbideCohort, i: int) -> np.ndarray:
-    """Subject ``i``'s ROI time series, each ROI centred and scaled to unit variance (zero-variance ROIs: zeros)."""
-    series = cohort.timeseries(i).astype(np.float64)
-    series = series - series.mean(axis=0)
-    std = series.std(axis=0)
-    return series / np.where(std > 1e-8, std, 1.0)
-
-
 def tangent_features(series: Sequence[np.ndarray], train: np.ndarray) -> np.ndarray:
-    """Vectorised tangent-space connectivity of every subject, the reference mean fitted on ``train`` only."""
+    """Vectorised tangent-space connectivity of every subject's ROI series, the reference mean fitted on ``train``
+    only (nilearn z-scores each ROI; a zero-variance ROI stays a zero series)."""
     measure = ConnectivityMeasure(kind="tangent", cov_estimator=LedoitWolf(store_precision=False), vectorize=True,
-                                  discard_diagonal=True, standardize=False)
+                                  discard_diagonal=True, standardize="zscore_sample")
     with threadpool_limits(limits=1):
         measure.fit([series[i] for i in train])
         return measure.transform(list(series))
@@ -65,7 +56,7 @@ def unit_aucs(cohort: AbideCohort, config: AbideConfig) -> dict[str, dict[str, f
     local = np.full(len(cohort.labels), -1)
     local[has] = np.arange(has.size)
     pearson = vectorize_connectivity(cohort.fmri[has, 0])
-    series = [standardized_series(cohort, int(i)) for i in has]
+    series = [cohort.timeseries(int(i)).astype(np.float64) for i in has]
     out: dict[str, dict[str, float]] = {row: {} for row in ROWS}
     for unit, seed, parts in unit_splits(cohort, config):
         train, val, test = (local[parts[n]][local[parts[n]] >= 0] for n in ("train", "val", "test"))
@@ -99,20 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cohort = load_abide_cohort(root, atlas=config.atlas, freesurfer_dir=fs_dir, modalities=["fmri"],
                                cache_dir=cache_root(config.cache_dir) / "abide_preprocessed", progress=False)
     aucs = unit_aucs(cohort, config)
-    records = []
-    for row in ROWS:
-        auc = summarize(aucs[row].values())
-        diff = paired_difference(aucs[ROWS[0]], aucs[row]) if row != ROWS[0] else None
-        records.append({"method": row, "units": auc["n"], "AUC": format_mean_std(auc["mean"], auc["std"]),
-                        "ΔAUC vs Pearson [95% CI]": format_difference(diff["mean"], diff["low"], diff["high"])
-                        if diff else "—"})
-    table = pd.DataFrame.from_records(records).set_index("method")
+    table = paired_unit_table(aucs, ROWS[0])
     out = Path(args.out)
     atomic_write_text(out / "tangent.csv", table.to_csv())
-    lines = ["| method | units | AUC | ΔAUC vs Pearson [95% CI] |", "|---|---|---|---|"]
-    lines += [f"| {i} | {' | '.join(str(v) for v in row)} |" for i, row in zip(table.index, table.values)]
     atomic_write_text(out / "tangent.md", "# ABIDE: logistic regression, Pearson vs tangent space (test AUC, %)\n\n"
-                      + "\n".join(lines) + "\n")
+                      + frame_markdown(table))
     print(table.to_string())
     return 0
 

@@ -137,6 +137,57 @@ def format_difference(mean: float, low: float, high: float, scale: float = 100.0
     return text
 
 
+def paired_unit_table(values: Mapping[str, Mapping[str, float]], reference: str,
+                      partners: Mapping[str, str] | None = None, metric: str = "AUC",
+                      partner_title: str = "partner") -> pd.DataFrame:
+    """Rows of per-unit values (e.g. test AUC of analyses that are not run folders) with their paired differences.
+
+    Parameters
+    ----------
+    values : mapping of row label to {unit: value}
+        One value per unit and row, in [0, 1] (shown in points).
+    reference : str
+        The row every other row is paired with (``ΔMETRIC vs <reference> [95% CI]``).
+    partners : mapping of row label to row label, optional
+        A second paired difference for some rows, against their partner row (column ``ΔMETRIC vs
+        <partner_title>``); "—" elsewhere.
+    metric, partner_title : str
+        Column titles.
+
+    Returns
+    -------
+    DataFrame
+        Indexed by row label: ``units``, ``METRIC`` (mean ± std over units, sample std) and the differences
+        (:func:`paired_difference`, :func:`format_difference`).
+    """
+    from pmrl_sci.runs import summarize
+
+    records = []
+    for label, row in values.items():
+        stats = summarize(v for v in row.values() if math.isfinite(v))
+        record = {"method": label, "units": stats["n"], metric: format_mean_std(stats["mean"], stats["std"])}
+        diff = paired_difference(values[reference], row) if label != reference else None
+        record[f"Δ{metric} vs {reference} [95% CI]"] = format_difference(**_interval(diff)) if diff else "—"
+        if partners:
+            pair = paired_difference(values[partners[label]], row) if label in partners else None
+            record[f"Δ{metric} vs {partner_title} [95% CI]"] = format_difference(**_interval(pair)) if pair else "—"
+        records.append(record)
+    return pd.DataFrame.from_records(records).set_index("method")
+
+
+def _interval(diff: Mapping[str, float]) -> dict[str, float]:
+    return {"mean": diff["mean"], "low": diff["low"], "high": diff["high"]}
+
+
+def frame_markdown(table: pd.DataFrame) -> str:
+    """``table`` (its index as the first column) as a Markdown table."""
+    header = [str(table.index.name or ""), *map(str, table.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in (index, *row)) + " |"
+              for index, row in zip(table.index, table.itertuples(index=False))]
+    return "\n".join(lines) + "\n"
+
+
 def compare_markdown(table: pd.DataFrame, reference: str, metrics: Mapping[str, str] = DEFAULT_METRICS,
                      confidence: float = 0.95) -> str:
     """The comparison as Markdown, with the notes that say how to read the paired differences."""
