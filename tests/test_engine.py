@@ -309,11 +309,14 @@ def test_init_offset_trains_another_initialisation_of_the_same_data(tmp_path):
             _settings(init_offset=bad)
 
 
-def test_a_run_recorded_before_init_offset_resumes_only_under_offset_0(tmp_path):
+@pytest.mark.parametrize(("key", "flag", "default", "other"), [("init_offset", "--init-offset", 0, 1),
+                                                             ("ema_decay", "--ema-decay", 0.0, 0.99)])
+def test_a_run_recorded_before_an_engine_option_resumes_only_under_its_old_behaviour(tmp_path, key, flag, default,
+                                                                                      other):
     run = RunFolder(tmp_path)
     open_run(run, {"lr": 0.1})  # recorded without the option, as older versions did
     train_unit(TinyRegression(), _settings(epochs=1), unit="u", seed=0, run=run, device=CPU)
-    with pytest.raises(InputError, match="--init-offset 0 .recorded. vs 1"):
-        open_run(run, {"lr": 0.1, "init_offset": 1})
-    assert "init_offset" not in run.read_json("config.json")  # the refused run wrote nothing
-    open_run(run, {"lr": 0.1, "init_offset": 0})
+    with pytest.raises(InputError, match=f"{flag} {default} .recorded. vs {other}"):
+        open_run(run, {"lr": 0.1, key: other})
+    assert key not in run.read_json("config.json")  # the refused run wrote nothing
+    open_run(run, {"lr": 0.1, key: default})

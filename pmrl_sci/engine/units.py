@@ -24,7 +24,7 @@ RESULT_NEUTRAL_OPTIONS = frozenset({
 
 #: engine options that runs recorded before the option existed had implicitly, at these values: such a run is
 #: compared as if it had recorded them (so it resumes under the default and is refused under another value)
-IMPLIED_BY_OLDER_RUNS: Mapping[str, Any] = {"init_offset": 0}
+IMPLIED_BY_OLDER_RUNS: Mapping[str, Any] = {"init_offset": 0, "ema_decay": 0.0}
 
 
 def _same(a: Any, b: Any) -> bool:
