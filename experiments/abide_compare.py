@@ -17,8 +17,9 @@ identical train/validation/test subjects in each unit (seed x fold):
 
 Then writes ``<out>/compare.md`` and ``<out>/compare.csv``: AUC, accuracy, sensitivity, specificity (mean ±
 std over units), the selected epoch's validation singular values where the model has them, the decision
-thresholds, and each method's paired difference against the reference with a 95% t interval over the unit
-differences (approximate: folds of one seed share training subjects). Any other option (``--threshold val``,
+thresholds, and each method's paired difference against the reference with a 95% corrected resampled t
+interval over the unit differences (Nadeau & Bengio 2003: folds of one seed share training subjects; see
+:func:`pmrl_sci.reports.compare.paired_difference`). Any other option (``--threshold val``,
 ``--data-dir``, ``--text-fields``, ``--epochs``...) goes to every run. Rerunning with the same ``--out`` resumes.
 
 Example::

@@ -4,8 +4,9 @@ Runs, each in ``<out>/<method>``, on identical splits: the default command and c
 (``--objective none``) at ``--init-offset 0 .. N-1`` (the same units, each trained from N initialisations and batch
 orders), and logistic regression on every input once (it is deterministic). Then writes ``<out>/init.md`` and
 ``<out>/init.csv``: per row the test AUC (mean and std over units) and its paired difference from logistic
-regression on every input, with a 95% t interval over units, and for the default its paired difference from
-cross-entropy alone at the same initialisation. The rows "ensemble of N initialisations" average
+regression on every input, with a 95% corrected resampled t interval over units (Nadeau & Bengio; see
+:func:`pmrl_sci.reports.compare.paired_difference`), and for the default its paired difference from cross-entropy
+alone at the same initialisation. The rows "ensemble of N initialisations" average
 each unit's test probabilities over the N runs (a deep ensemble) before computing its AUC; AUC only, since no
 threshold was chosen for the ensemble. Options it does not know go to every run; a rerun resumes.
 
@@ -24,7 +25,8 @@ import numpy as np
 
 from pmrl_sci.io import atomic_write_text
 from pmrl_sci.metrics import binary_classification_metrics
-from pmrl_sci.reports.compare import frame_markdown, paired_unit_table
+from pmrl_sci.reports.compare import frame_markdown, interval_note, paired_unit_table, unit_size_ratio
+from pmrl_sci.reports.tables import read_results
 from pmrl_sci.tasks.abide_methods import (
     Method,
     experiment_parser,
@@ -102,12 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows[REFERENCE] = ensemble_auc([unit_predictions(folders["logistic-all"])])
     (_, default, _), (_, ce, _) = FAMILIES
     partners = {label: label.replace(default, ce, 1) for label in rows if label.startswith(default)}
+    ratio = unit_size_ratio(read_results(folders["logistic-all"]))
     table = paired_unit_table(rows, REFERENCE, partners,
-                              partner_title="the same initialisation(s) of cross-entropy alone")
+                              partner_title="the same initialisation(s) of cross-entropy alone",
+                              test_train_ratio=ratio)
     out = Path(args.out)
     atomic_write_text(out / "init.csv", table.to_csv())
     atomic_write_text(out / "init.md", "# ABIDE: initialisations and their ensemble (test AUC, %)\n\n"
-                      + frame_markdown(table))
+                      + frame_markdown(table) + f"\n> Δ: mean paired difference with a {interval_note(ratio)}\n")
     print(table.to_string())
     print(f"[experiment] table: {out / 'init.md'} and {out / 'init.csv'}")
     return status

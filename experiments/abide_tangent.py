@@ -8,7 +8,8 @@ subject; nilearn z-scores each ROI and leaves a zero-variance ROI a zero series 
 covariance invertible). Both
 rows are :func:`~pmrl_sci.baselines.logistic.fit_predict_logistic` (C chosen on validation AUC) on the subjects
 with fMRI; Pearson is the front end's ``--model logistic``. Writes ``<out>/tangent.md`` and ``tangent.csv``: test
-AUC per row (mean ± std over units) and the paired difference from Pearson with a 95% t interval.
+AUC per row (mean ± std over units) and the paired difference from Pearson with a 95% corrected resampled t
+interval (:func:`pmrl_sci.reports.compare.paired_difference`).
 
     python experiments/abide_tangent.py --data-dir ~/data/abide-dev --atlas ho \\
         --freesurfer-dir ~/data/abide-dev/freesurfer --seeds 3 --out runs/tangent
@@ -32,7 +33,7 @@ from pmrl_sci.data.abide.cohort import AbideCohort, load_abide_cohort
 from pmrl_sci.data.cache import cache_root
 from pmrl_sci.io import atomic_write_text
 from pmrl_sci.metrics import binary_classification_metrics
-from pmrl_sci.reports.compare import frame_markdown, paired_unit_table
+from pmrl_sci.reports.compare import frame_markdown, interval_note, paired_unit_table
 from pmrl_sci.tasks.abide import AbideConfig, resolve_data
 from pmrl_sci.tasks.abide_data import unit_splits
 
@@ -49,8 +50,9 @@ def tangent_features(series: Sequence[np.ndarray], train: np.ndarray) -> np.ndar
         return measure.transform(list(series))
 
 
-def unit_aucs(cohort: AbideCohort, config: AbideConfig) -> dict[str, dict[str, float]]:
-    """``{row: {unit: test AUC}}`` for both rows over the front end's units (subjects with fMRI only)."""
+def unit_aucs(cohort: AbideCohort, config: AbideConfig) -> tuple[dict[str, dict[str, float]], float]:
+    """``{row: {unit: test AUC}}`` for both rows over the front end's units (subjects with fMRI only), and the
+    units' mean ``n_test / n_train`` (the ratio of the corrected interval)."""
     has = np.flatnonzero(cohort.mask["fmri"])
     labels = cohort.labels[has].astype(int)
     local = np.full(len(cohort.labels), -1)
@@ -58,14 +60,16 @@ def unit_aucs(cohort: AbideCohort, config: AbideConfig) -> dict[str, dict[str, f
     pearson = vectorize_connectivity(cohort.fmri[has, 0])
     series = [cohort.timeseries(int(i)).astype(np.float64) for i in has]
     out: dict[str, dict[str, float]] = {row: {} for row in ROWS}
+    ratios = []
     for unit, seed, parts in unit_splits(cohort, config):
         train, val, test = (local[parts[n]][local[parts[n]] >= 0] for n in ("train", "val", "test"))
+        ratios.append(test.size / train.size)
         for row, features in zip(ROWS, (pearson, tangent_features(series, train))):
             prob = fit_predict_logistic(features, labels, train, val, test, seed=seed)
             out[row][unit] = binary_classification_metrics(labels[test], prob)["auc"]
         print(f"[experiment] {unit}: " + ", ".join(f"{row.split(' ')[0]} {out[row][unit]:.3f}" for row in ROWS),
               flush=True)
-    return out
+    return out, float(np.mean(ratios))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,12 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     root, fs_dir, _ = resolve_data(config)
     cohort = load_abide_cohort(root, atlas=config.atlas, freesurfer_dir=fs_dir, modalities=["fmri"],
                                cache_dir=cache_root(config.cache_dir) / "abide_preprocessed", progress=False)
-    aucs = unit_aucs(cohort, config)
-    table = paired_unit_table(aucs, ROWS[0])
+    aucs, ratio = unit_aucs(cohort, config)
+    table = paired_unit_table(aucs, ROWS[0], test_train_ratio=ratio)
     out = Path(args.out)
     atomic_write_text(out / "tangent.csv", table.to_csv())
     atomic_write_text(out / "tangent.md", "# ABIDE: logistic regression, Pearson vs tangent space (test AUC, %)\n\n"
-                      + frame_markdown(table))
+                      + frame_markdown(table) + f"\n> Δ: mean paired difference with a {interval_note(ratio)}\n")
     print(table.to_string())
     return 0
 

@@ -23,7 +23,7 @@ from pmrl_sci.data.abide.text_fields import (
 )
 from pmrl_sci.errors import InputError
 from pmrl_sci.metrics import youden_threshold
-from pmrl_sci.reports.compare import format_difference, paired_difference
+from pmrl_sci.reports.compare import format_difference, interval_note, paired_difference, unit_size_ratio
 from pmrl_sci.tasks.abide import AbideConfig
 from pmrl_sci.tasks.abide_fit import logistic_all_features, thresholded_metrics
 
@@ -51,6 +51,32 @@ def test_paired_difference_on_known_numbers():
     assert format_difference(0.05, -0.02, 0.12) == "+5.0 [-2.0, +12.0]"
     with pytest.raises(ValueError, match="confidence"):
         paired_difference(reference, other, confidence=1.0)
+
+
+def test_corrected_interval_widens_by_the_nadeau_bengio_factor():
+    reference = {"s0-f0": 0.70, "s0-f1": 0.80, "s1-f0": 0.60}
+    other = {"s0-f0": 0.75, "s0-f1": 0.90, "s1-f0": 0.60}
+    plain = paired_difference(reference, other)
+    corrected = paired_difference(reference, other, test_train_ratio=0.25)
+    # same mean; half-width t * sd * sqrt(1/n + n_test/n_train) = plain half-width * sqrt(1 + n * ratio)
+    half = 4.302653 * 0.05 * math.sqrt(1 / 3 + 0.25)
+    assert corrected["mean"] == pytest.approx(plain["mean"]) and corrected["test_train_ratio"] == 0.25
+    assert corrected["high"] - corrected["mean"] == pytest.approx(half, abs=1e-6)
+    assert (corrected["high"] - corrected["low"]) / (plain["high"] - plain["low"]) == pytest.approx(
+        math.sqrt(1 + 3 * 0.25))
+    assert plain["test_train_ratio"] is None
+    for bad in (0.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="test_train_ratio"):
+            paired_difference(reference, other, test_train_ratio=bad)
+
+
+def test_unit_size_ratio_reads_the_units_sizes():
+    units = [{"unit": "a", "n_train": 300, "n_test": 100}, {"unit": "b", "n_train": 200, "n_test": 100}]
+    assert unit_size_ratio({"units": units}) == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert unit_size_ratio({"units": [*units, {"unit": "c", "n_test": 5}]}) is None  # an older unit without sizes
+    assert unit_size_ratio({"units": []}) is None
+    assert "corrected" in interval_note(0.285) and "0.285" in interval_note(0.285)
+    assert "not corrected" in interval_note(None)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -193,6 +219,14 @@ def test_quick_comparison_writes_paired_table(tmp_path):
     assert all(0.0 <= u["threshold"] <= 1.0 for u in ref["units"] + other["units"])
     assert len(ref["units"][0]["val_sigma"]) == 3 and other["units"][0]["val_sigma"] is None
     assert isinstance(table.iloc[0]["val_sigma"], str) and pd.isna(table.iloc[1]["val_sigma"])
+    # the interval is the corrected resampled one, with the reference units' n_test / n_train
+    ratio = np.mean([u["n_test"] / u["n_train"] for u in ref["units"]])
+    assert row["test_train_ratio"] == pytest.approx(ratio)
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 1) * np.std(diffs, ddof=1) * np.sqrt(1 / 2 + ratio)
+    assert row["diff_auc_high"] - row["diff_auc"] == pytest.approx(half)
     text = (out / "compare.md").read_text()
-    assert "Reference: Multimodal (default command)" in text and "not independent" in text
+    assert "Reference: Multimodal (default command)" in text and "corrected resampled t interval" in text
+    assert f"n_test/n_train = {ratio:.3f}" in text
     assert "Multimodal (default command) (reference)" in text

@@ -371,6 +371,7 @@ def test_quick_init_study_pairs_every_initialisation_and_their_ensemble_with_log
     assert table.loc["Default command, --init-offset 1", "AUC"] == (
         f"{100 * json.loads((out / 'pmrl-init1' / 'done' / 'seed0.json').read_text())['auc']:.1f} ± 0.0")
     assert "| Logistic regression, all inputs | 1 |" in (out / "init.md").read_text()
+    assert "corrected resampled t interval" in (out / "init.md").read_text()
     partner = table["ΔAUC vs the same initialisation(s) of cross-entropy alone [95% CI]"]
     ce = json.loads((out / "ce-init1" / "done" / "seed0.json").read_text())["auc"]
     pmrl = json.loads((out / "pmrl-init1" / "done" / "seed0.json").read_text())["auc"]
@@ -390,6 +391,7 @@ def test_tangent_study_fits_the_reference_on_training_subjects_and_pairs_it_with
     table = pd.read_csv(out / "tangent.csv", index_col=0)
     assert list(table.index) == list(tangent.ROWS) and list(table["units"]) == [2, 2]
     assert table.loc[tangent.ROWS[0], f"ΔAUC vs {tangent.ROWS[0]} [95% CI]"] == "—"
+    assert "corrected resampled t interval" in (out / "tangent.md").read_text()
     # the reference point depends on the training subjects only: a change of a test subject's series leaves the
     # training subjects' features alone
     rng = np.random.default_rng(0)

@@ -7,8 +7,14 @@ differences ``method - reference`` over the units both ran and gives their mean 
 values where the model has them, the decision thresholds, and the paired difference of each metric
 against the reference) and :func:`write_compare_table` writes it as Markdown and CSV.
 
-The units of a K-fold run share training subjects, so their differences are not independent: the
-interval is approximate (it tends to be too narrow), and the table says so.
+The units of a K-fold run share training subjects (and, over seeds, test subjects), so their differences
+are not independent and the plain t interval over them is too narrow. Where the units record their sizes
+(``n_train``, ``n_test``), the interval is the corrected resampled t interval of Nadeau & Bengio (2003), as
+Bouckaert & Frank (2004) apply it to repeated cross-validation: the variance of the mean difference is
+``(1/n + n_test/n_train) * sd**2`` instead of ``sd**2 / n``, with n - 1 degrees of freedom. It is a
+heuristic (derived for random subsampling) and still not exact for leave-one-site-out units, whose seeds
+share test sites, but it is far closer to the real variability than the plain interval; tables say which
+interval they give.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from pmrl_sci.reports.tables import DEFAULT_METRICS, TableRow, format_mean_std, 
 
 
 def paired_difference(reference: Mapping[str, float], other: Mapping[str, float],
-                      confidence: float = 0.95) -> dict[str, float]:
+                      confidence: float = 0.95, test_train_ratio: float | None = None) -> dict[str, Any]:
     """Mean paired difference ``other - reference`` over the units both hold, with a t interval.
 
     Parameters
@@ -35,28 +41,63 @@ def paired_difference(reference: Mapping[str, float], other: Mapping[str, float]
         One value per unit (e.g. test AUC per seed x fold); units with a NaN on either side are left out.
     confidence : float
         Coverage of the interval, in (0, 1).
+    test_train_ratio : float, optional
+        ``n_test / n_train`` of the units (:func:`unit_size_ratio`): the interval is then the corrected
+        resampled t interval (Nadeau & Bengio 2003; Bouckaert & Frank 2004) for units that share training
+        subjects, ``mean ± t_{(1+confidence)/2, n-1} * sd * sqrt(1/n + test_train_ratio)``. ``None``: the plain
+        t interval ``mean ± t * sd / sqrt(n)``, right only for independent units.
 
     Returns
     -------
     dict
-        ``mean``, ``low``, ``high`` (the interval ``mean ± t_{(1+confidence)/2, n-1} * sd / sqrt(n)`` with
-        the sample standard deviation of the differences; NaN for fewer than two units), ``n`` (units paired).
+        ``mean``, ``low``, ``high`` (NaN for fewer than two units; ``sd`` is the sample standard deviation of
+        the differences), ``n`` (units paired) and ``test_train_ratio`` (None for the plain interval).
     """
     from scipy import stats
 
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if test_train_ratio is not None and not (math.isfinite(test_train_ratio) and test_train_ratio > 0.0):
+        raise ValueError(f"test_train_ratio must be a positive number, got {test_train_ratio}")
     units = sorted(set(reference) & set(other))
     diffs = np.array([float(other[u]) - float(reference[u]) for u in units], dtype=float)
     diffs = diffs[np.isfinite(diffs)]
     n = int(diffs.size)
+    out: dict[str, Any] = {"mean": math.nan, "low": math.nan, "high": math.nan, "n": n,
+                           "test_train_ratio": test_train_ratio}
     if n == 0:
-        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
-    mean = float(diffs.mean())
+        return out
+    out["mean"] = mean = float(diffs.mean())
     if n < 2:
-        return {"mean": mean, "low": math.nan, "high": math.nan, "n": n}
-    half = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1) * diffs.std(ddof=1) / math.sqrt(n))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+        return out
+    scale = math.sqrt(1.0 / n + (test_train_ratio or 0.0))
+    half = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1) * diffs.std(ddof=1) * scale)
+    out["low"], out["high"] = mean - half, mean + half
+    return out
+
+
+def unit_size_ratio(results: Mapping[str, Any]) -> float | None:
+    """Mean ``n_test / n_train`` over the units of a ``results.json`` (None when a unit lacks either size).
+
+    The ratio of :func:`paired_difference`'s corrected interval.
+    """
+    ratios = []
+    for unit in results.get("units") or []:
+        n_train, n_test = unit.get("n_train"), unit.get("n_test")
+        if not n_train or not n_test:
+            return None
+        ratios.append(float(n_test) / float(n_train))
+    return float(np.mean(ratios)) if ratios else None
+
+
+def interval_note(test_train_ratio: float | None, confidence: float = 0.95) -> str:
+    """One sentence that says which interval a table gives (see :func:`paired_difference`)."""
+    if test_train_ratio is None:
+        return (f"{confidence:.0%} plain t interval over the paired units; the units did not record their sizes, "
+                "so it is not corrected for shared training subjects and is too narrow for cross-validation units.")
+    return (f"{confidence:.0%} corrected resampled t interval over the paired units (Nadeau & Bengio 2003; "
+            f"variance x (1/n + n_test/n_train), n_test/n_train = {test_train_ratio:.3f}), because folds share "
+            "training subjects and seeds share test subjects.")
 
 
 def unit_values(results: Mapping[str, Any], metric: str) -> dict[str, float]:
@@ -88,19 +129,22 @@ def compare_table(rows: Sequence[TableRow], reference: str, metrics: Sequence[st
     metrics : sequence of str
         Per-unit metrics of ``results.json``.
     confidence : float
-        Coverage of the paired intervals.
+        Coverage of the paired intervals (corrected for shared training subjects with the reference's
+        ``n_test / n_train`` where its units record them; see :func:`paired_difference`).
 
     Returns
     -------
     pandas.DataFrame
         ``method``, ``<m>_mean``, ``<m>_std``, ``n`` (units), ``val_sigma`` (mean over units of the
         selected epoch's validation singular values, or None), ``threshold_mean``, ``threshold_std``, and per
-        metric ``diff_<m>``, ``diff_<m>_low``, ``diff_<m>_high``, ``diff_n``; ``simulated_data``, ``leaky``, ``path``.
+        metric ``diff_<m>``, ``diff_<m>_low``, ``diff_<m>_high``, ``diff_n``, ``test_train_ratio`` (None: plain
+        interval); ``simulated_data``, ``leaky``, ``path``.
     """
     loaded = [(row, read_results(row.path)) for row in rows]
     ref = [results for row, results in loaded if row.method == reference]
     if not ref:
         raise ValueError(f"reference method {reference!r} is not among the rows {[r.method for r in rows]}")
+    ratio = unit_size_ratio(ref[0])
     records = []
     for row, results in loaded:
         record: dict[str, Any] = {"method": row.method, **row.columns}
@@ -117,9 +161,10 @@ def compare_table(rows: Sequence[TableRow], reference: str, metrics: Sequence[st
         record["threshold_std"] = float(np.nanstd(thresholds, ddof=1)) if np.isfinite(thresholds).sum() > 1 \
             else math.nan
         for metric in metrics:
-            diff = paired_difference(unit_values(ref[0], metric), unit_values(results, metric), confidence)
+            diff = paired_difference(unit_values(ref[0], metric), unit_values(results, metric), confidence, ratio)
             record[f"diff_{metric}"], record[f"diff_{metric}_low"] = diff["mean"], diff["low"]
             record[f"diff_{metric}_high"], record["diff_n"] = diff["high"], diff["n"]
+        record["test_train_ratio"] = ratio
         record["simulated_data"] = bool(results.get("simulated_data", False))
         record["leaky"] = bool(results.get("leaky", False))
         record["path"] = str(row.path)
@@ -139,7 +184,7 @@ def format_difference(mean: float, low: float, high: float, scale: float = 100.0
 
 def paired_unit_table(values: Mapping[str, Mapping[str, float]], reference: str,
                       partners: Mapping[str, str] | None = None, metric: str = "AUC",
-                      partner_title: str = "partner") -> pd.DataFrame:
+                      partner_title: str = "partner", test_train_ratio: float | None = None) -> pd.DataFrame:
     """Rows of per-unit values (e.g. test AUC of analyses that are not run folders) with their paired differences.
 
     Parameters
@@ -153,6 +198,8 @@ def paired_unit_table(values: Mapping[str, Mapping[str, float]], reference: str,
         <partner_title>``); "—" elsewhere.
     metric, partner_title : str
         Column titles.
+    test_train_ratio : float, optional
+        ``n_test / n_train`` of the units: corrected intervals (:func:`paired_difference`); None: plain ones.
 
     Returns
     -------
@@ -166,10 +213,12 @@ def paired_unit_table(values: Mapping[str, Mapping[str, float]], reference: str,
     for label, row in values.items():
         stats = summarize(v for v in row.values() if math.isfinite(v))
         record = {"method": label, "units": stats["n"], metric: format_mean_std(stats["mean"], stats["std"])}
-        diff = paired_difference(values[reference], row) if label != reference else None
+        diff = paired_difference(values[reference], row, test_train_ratio=test_train_ratio) \
+            if label != reference else None
         record[f"Δ{metric} vs {reference} [95% CI]"] = format_difference(**_interval(diff)) if diff else "—"
         if partners:
-            pair = paired_difference(values[partners[label]], row) if label in partners else None
+            pair = paired_difference(values[partners[label]], row, test_train_ratio=test_train_ratio) \
+                if label in partners else None
             record[f"Δ{metric} vs {partner_title} [95% CI]"] = format_difference(**_interval(pair)) if pair else "—"
         records.append(record)
     return pd.DataFrame.from_records(records).set_index("method")
@@ -204,9 +253,8 @@ def compare_markdown(table: pd.DataFrame, reference: str, metrics: Mapping[str, 
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     notes = [
         f"Reference: {reference}. Δ = method − reference in points, the mean over paired units (seed × fold, the "
-        f"same splits and seeds for every method) with a {confidence:.0%} t interval over the paired unit "
-        "differences. Folds of one seed share training subjects, so the units are not independent and the "
-        "interval is approximate (likely too narrow).",
+        "same splits and seeds for every method) with a "
+        + interval_note(_table_ratio(table), confidence),
         "Metric cells: mean ± std over units. Accuracy, sensitivity and specificity are at each unit's decision "
         "threshold (0.5, or chosen on validation with --threshold val); AUC does not depend on it.",
         "val σ: singular values of the modality matrix on the validation subjects at the selected epoch, mean over "
@@ -218,6 +266,13 @@ def compare_markdown(table: pd.DataFrame, reference: str, metrics: Mapping[str, 
         notes.append("Leaky (ComBat fitted on all subjects with diagnosis): "
                      + ", ".join(table.loc[table["leaky"].astype(bool), "method"].astype(str)) + ".")
     return "\n".join(lines) + "\n\n" + "\n".join(f"> {n}" for n in notes) + "\n"
+
+
+def _table_ratio(table: pd.DataFrame) -> float | None:
+    if "test_train_ratio" not in table:
+        return None
+    ratios = [r for r in table["test_train_ratio"] if r is not None and math.isfinite(r)]
+    return float(ratios[0]) if ratios else None
 
 
 def write_compare_table(table: pd.DataFrame, out_dir: str | os.PathLike[str], reference: str, name: str = "compare",
