@@ -382,24 +382,37 @@ def test_quick_init_study_pairs_every_initialisation_and_their_ensemble_with_log
         study.ensemble_auc(runs)
 
 
-def test_tangent_study_fits_the_reference_on_training_subjects_and_pairs_it_with_pearson(tmp_path):
-    tangent = _script("abide_tangent")
-    out = tmp_path / "tangent"
+def test_connectivity_study_fits_on_training_subjects_and_pairs_every_row_with_pearson(tmp_path):
+    study = _script("abide_connectivity")
+    out = tmp_path / "connectivity"
     argv = ["--seeds", "1", "--folds", "2", "--default-subjects", "36", "--default-sites", "2", "--atlas", "tt",
             "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
-    assert tangent.main(argv) == 0
-    table = pd.read_csv(out / "tangent.csv", index_col=0)
-    assert list(table.index) == list(tangent.ROWS) and list(table["units"]) == [2, 2]
-    assert table.loc[tangent.ROWS[0], f"ΔAUC vs {tangent.ROWS[0]} [95% CI]"] == "—"
-    assert "corrected resampled t interval" in (out / "tangent.md").read_text()
-    # the reference point depends on the training subjects only: a change of a test subject's series leaves the
-    # training subjects' features alone
+    assert study.main(argv) == 0
+    table = pd.read_csv(out / "connectivity.csv", index_col=0)
+    assert list(table.index) == list(study.ROWS) and list(table["units"]) == [2, 2, 2]
+    assert table.loc[study.ROWS[0], f"ΔAUC vs {study.ROWS[0]} [95% CI]"] == "—"
+    assert "corrected resampled t interval" in (out / "connectivity.md").read_text()
+    # the tangent reference point depends on the training subjects only: a change of a test subject's series
+    # leaves the training subjects' features alone
     rng = np.random.default_rng(0)
     series = [rng.standard_normal((40, 6)) for _ in range(8)]
     series[7][:, 2] = 0.0  # a dead ROI stays finite
-    first = tangent.tangent_features(series, np.arange(5))
+    first = study.tangent_features(series, np.arange(5))
     series[6] = rng.standard_normal((40, 6))
-    second = tangent.tangent_features(series, np.arange(5))
+    second = study.tangent_features(series, np.arange(5))
     assert np.isfinite(first).all() and first.shape == (8, 15)
     np.testing.assert_allclose(first[:6], second[:6])
     assert not np.allclose(first[6], second[6])
+    # ComBat too: fitted on the training rows only, it removes a site offset, and a site it never saw passes through
+    n = 30
+    sites = np.array(["A"] * 12 + ["B"] * 12 + ["C"] * 6)
+    covariates = pd.DataFrame({"age": rng.uniform(8, 40, n), "sex": rng.integers(1, 3, n)})
+    features = rng.standard_normal((n, 4)) + np.where(sites == "B", 3.0, 0.0)[:, None]
+    train = np.r_[0:9, 12:21]
+    harmonised = study.combat_features(features, sites, covariates, train)
+    assert abs(harmonised[sites == "A"].mean() - harmonised[sites == "B"].mean()) < 0.5
+    np.testing.assert_allclose(harmonised[sites == "C"], features[sites == "C"])
+    changed = features.copy()
+    changed[9:12] += 10.0  # site A's test subjects
+    again = study.combat_features(changed, sites, covariates, train)
+    np.testing.assert_allclose(again[train], harmonised[train])
