@@ -1,11 +1,13 @@
 """End-to-end runs of ``python -m pmrl_sci.abide`` (``main(argv)``) on a tiny generated cohort."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from pmrl_sci.abide import main
+from pmrl_sci.tasks.abide import AbideConfig
 
 TINY = ["--default-subjects", "36", "--default-sites", "2", "--atlas", "tt", "--epochs", "2", "--batch-size", "8",
         "--embed-dim", "32", "--no-progress"]
@@ -245,14 +247,37 @@ def test_paper_setting_is_one_flag_away_and_flags_still_win(tmp_path):
 
 def test_records_of_older_versions_are_read_in_todays_options():
     from pmrl_sci.tasks.abide import upgrade_recorded_config
+    from pmrl_sci.tasks.abide_sites import IMPLIED_BY_OLDER_ABIDE_RUNS
 
-    # K folds were recorded as split "bnt" with folds K; no --ema-decay meant no weight average, no --ensemble one
-    # model per unit
-    assert upgrade_recorded_config({"split": "bnt", "folds": 5}) == {"split": "folds", "folds": 5, "ema_decay": 0.0,
-                                                                     "ensemble": 1}
-    assert upgrade_recorded_config({"split": "bnt", "folds": None, "ema_decay": 0.99, "ensemble": 3}) == {
-        "split": "bnt", "folds": None, "ema_decay": 0.99, "ensemble": 3}
+    # K folds were recorded as split "bnt" with folds K; an option a run did not record did not exist yet: no
+    # --ema-decay meant no weight average, no --ensemble one model per unit, no --text-fields the text "age, gender"
+    # at threshold 0.5, no --sign-aware the paper's L_M
+    old = upgrade_recorded_config({"split": "bnt", "folds": 5, "seed_offset": 2})
+    assert old == {**IMPLIED_BY_OLDER_ABIDE_RUNS, "split": "folds", "folds": 5, "seed": 2}
+    assert old["ema_decay"] == 0.0 and old["ensemble"] == 1 and old["text_fields"] == ["age", "sex"]
+    assert old["threshold"] == "0.5" and old["sign_aware"] is False and old["fmri_crop"] == 0.0
+    recorded = {**IMPLIED_BY_OLDER_ABIDE_RUNS, "split": "bnt", "folds": None, "ema_decay": 0.99, "ensemble": 3,
+                "text_fields": ["age"], "seed": 1}
+    assert upgrade_recorded_config(recorded) == recorded  # what a run recorded stays as it is
     assert upgrade_recorded_config({"split": "loso", "folds": None})["split"] == "loso"
+    # every implied option is an option of today's config
+    fields = {f.name for f in dataclasses.fields(AbideConfig)}
+    assert set(IMPLIED_BY_OLDER_ABIDE_RUNS) <= fields
+
+
+def test_a_run_from_before_the_text_fields_resumes_only_with_its_text_and_threshold(tmp_path, cache_dir, capsys):
+    old = tmp_path / "old"
+    _run(old, cache_dir, "--modalities", "text", "--epochs", "1", "--text-fields", "age", "sex", "--threshold", "0.5")
+    config = json.loads((old / "run" / "config.json").read_text())
+    for key in ("text_fields", "threshold", "fmri_crop", "sign_aware"):
+        del config[key]  # as written before those options existed
+    (old / "run" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit) as info:  # today's defaults (six fields, threshold val) would mix its units
+        _run(old, cache_dir, "--modalities", "text", "--epochs", "1")
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--text-fields ['age', 'sex'] (recorded)" in err and "--threshold '0.5'" in err
+    _run(old, cache_dir, "--modalities", "text", "--epochs", "1", "--text-fields", "age", "sex", "--threshold", "0.5",
+         "--no-sign-aware")  # its own options resume it
 
 
 def test_weight_averaging_is_part_of_a_run_and_older_runs_had_none(tmp_path, cache_dir, capsys):

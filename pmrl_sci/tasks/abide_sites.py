@@ -17,18 +17,32 @@ if TYPE_CHECKING:  # pragma: no cover
     from pmrl_sci.tasks.abide import AbideConfig
 
 
+#: ABIDE options that runs recorded before the option existed had implicitly, at these values (the behaviour of the
+#: version before the option came): such a run is compared as if it had recorded them, so it resumes under these
+#: values and is refused under today's defaults where they differ (e.g. a run from before --text-fields had the text
+#: "age, gender" and a 0.5 threshold; one from before --sign-aware had the paper's L_M)
+IMPLIED_BY_OLDER_ABIDE_RUNS: dict[str, Any] = {
+    "model": "multimodal", "fmri_encoder": "brainnettf", "gram_contrastive": True, "sign_aware": False,
+    "text_fields": ["age", "sex"], "threshold": "0.5", "test_sites": None, "combat_unseen": "passthrough",
+    "align_epochs": 0, "init_from": None, "adapt": "none", "adapt_labels": None, "setting": "default",
+    "ema_decay": 0.0, "fmri_standardize": False, "fmri_crop": 0.0, "init_offset": 0, "ensemble": 1,
+}
+
+
 def upgrade_recorded_config(recorded: Mapping[str, Any]) -> dict[str, Any]:
     """A ``config.json`` of an older version in today's options.
 
     Before ``--split folds`` existed (and became the default), K-fold runs were recorded as ``split: bnt`` with
-    ``folds: K``; they are the same runs as ``split: folds``, so a rerun resumes them. Before ``--ema-decay``
-    existed, no average was kept: such a run is ``ema_decay: 0.0`` (so a rerun with an average, e.g. the 0.99
-    that was the default for a while, does not resume it and mix its units with averaged ones); likewise, before
-    ``--ensemble`` existed every unit was one model (``ensemble: 1``).
+    ``folds: K``; they are the same runs as ``split: folds``, so a rerun resumes them. ``--seed`` was
+    ``--seed-offset``. An option the run did not record did not exist yet: the run had the behaviour of
+    :data:`IMPLIED_BY_OLDER_ABIDE_RUNS` (e.g. no weight average, ``ema_decay: 0.0``, so that a rerun with an
+    average does not resume it and mix its units with averaged ones).
     """
     upgraded = dict(recorded)
-    upgraded.setdefault("ema_decay", 0.0)
-    upgraded.setdefault("ensemble", 1)
+    if "seed" not in upgraded and "seed_offset" in upgraded:
+        upgraded["seed"] = upgraded.pop("seed_offset")
+    for key, value in IMPLIED_BY_OLDER_ABIDE_RUNS.items():
+        upgraded.setdefault(key, list(value) if isinstance(value, list) else value)
     if upgraded.get("split") == "bnt" and upgraded.get("folds") is not None:
         upgraded["split"] = "folds"
     return upgraded
