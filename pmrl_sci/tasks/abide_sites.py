@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pmrl_sci.engine.units import IMPLIED_BY_OLDER_RUNS
+
 if TYPE_CHECKING:  # pragma: no cover
     from pmrl_sci.tasks.abide import AbideConfig
 
@@ -22,10 +24,11 @@ if TYPE_CHECKING:  # pragma: no cover
 #: values and is refused under today's defaults where they differ (e.g. a run from before --text-fields had the text
 #: "age, gender" and a 0.5 threshold; one from before --sign-aware had the paper's L_M)
 IMPLIED_BY_OLDER_ABIDE_RUNS: dict[str, Any] = {
+    **IMPLIED_BY_OLDER_RUNS,  # the engine's (init_offset, ema_decay)
     "model": "multimodal", "fmri_encoder": "brainnettf", "gram_contrastive": True, "sign_aware": False,
     "text_fields": ["age", "sex"], "threshold": "0.5", "test_sites": None, "combat_unseen": "passthrough",
     "align_epochs": 0, "init_from": None, "adapt": "none", "adapt_labels": None, "setting": "default",
-    "ema_decay": 0.0, "fmri_standardize": False, "fmri_crop": 0.0, "init_offset": 0, "ensemble": 1,
+    "fmri_standardize": False, "fmri_crop": 0.0, "ensemble": 1,
 }
 
 
