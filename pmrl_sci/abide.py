@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ensemble", type=int, default=d.ensemble, metavar="M",
                     help="train M models per unit from M initialisations (--init-offset, +1, ...) on the same split "
                          "and report their averaged probabilities (a deep ensemble; M times the training); 1: off")
+    tr.add_argument("--mixup", type=float, default=d.mixup, metavar="ALPHA",
+                    help="mixup of the training batches in the supervised epochs: every modality of a subject mixed "
+                         "with the same partner at the same Beta(ALPHA, ALPHA) weight, the cross-entropy with both "
+                         "labels at that weight; 0: off")
     tr.add_argument("--embed-dim", type=int, default=d.embed_dim, help="dimension of every modality embedding")
     tr.add_argument("--dropout", type=float, default=d.dropout)
     tr.add_argument("--input-noise", type=float, default=d.input_noise,

@@ -179,6 +179,8 @@ def test_rerun_with_other_options_is_refused(tmp_path, cache_dir, capsys):
     (["--fmri-crop", "0.5", "--input-noise", "0.1"], "--fmri-crop and --input-noise"),
     (["--fmri-crop", "0.5", "--modalities", "smri", "text"], "--fmri-crop augments the fMRI connectivity"),
     (["--ema-decay", "1"], "--ema-decay must be 0 (off) or in (0, 1)"),
+    (["--mixup", "-0.2"], "--mixup must be 0 (off) or a Beta concentration > 0"),
+    (["--mixup", "0.4", "--model", "logistic"], "--mixup must be 0 (off) or a Beta concentration > 0 for a trained"),
 ])
 def test_bad_options_are_refused_before_anything_is_written(tmp_path, cache_dir, capsys, bad, expected):
     with pytest.raises(SystemExit) as info:
@@ -211,7 +213,7 @@ def test_killed_run_resumes_inside_the_unit(tmp_path, cache_dir):
             raise Killed
 
     args = [*BNT, "--cache-dir", str(cache_dir), "--modalities", "fmri", "smri", "text", "--epochs", "3",
-            "--fmri-crop", "0.6"]  # window crops draw from the RNG the checkpoint restores
+            "--fmri-crop", "0.6", "--mixup", "0.4"]  # window crops and mixes draw from the RNG the checkpoint restores
     whole = main([*args, "--out", str(tmp_path / "whole")])
     out = tmp_path / "killed"
     with epoch_callback(kill), pytest.raises(Killed):

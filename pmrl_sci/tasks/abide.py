@@ -45,6 +45,7 @@ from pmrl_sci.engine import (
     run_units,
 )
 from pmrl_sci.engine import train_unit as engine_train_unit
+from pmrl_sci.engine.mixup import mix_batch, mixed_cross_entropy
 from pmrl_sci.errors import InputError
 from pmrl_sci.metrics import binary_classification_metrics
 from pmrl_sci.options import build_alignment_objective, check_objective_options, check_run_options
@@ -71,6 +72,7 @@ from pmrl_sci.tasks.abide_fit import (  # noqa: F401 - test_predictions re-expor
 )
 from pmrl_sci.tasks.abide_model import AbideModel, build_abide_model, evaluate, to_device
 from pmrl_sci.tasks.abide_sites import (  # noqa: F401 - re-exported
+    parse_sites,
     per_site_results,
     site_report,
     split_kind,
@@ -112,7 +114,7 @@ PAPER_SETTING: dict[str, Any] = {
     "instance_term": True, "align_weight": 1.0, "classification_weight": 1.0, "align_epochs": 0,
     "fmri_encoder": "brainnettf", "fmri_channels": "both", "lr": 1e-4, "weight_decay": 1e-4, "batch_size": 16,
     "embed_dim": 128, "dropout": 0.1, "text_fields": ["age", "sex"], "threshold": "0.5", "ema_decay": 0.0,
-    "fmri_standardize": False, "fmri_crop": 0.0,
+    "fmri_standardize": False, "fmri_crop": 0.0, "mixup": 0.0,
 }
 #: --setting choices: the kit's recipe (the dataclass defaults) or the paper's setting
 SETTINGS: dict[str, dict[str, Any]] = {"default": {}, "paper": PAPER_SETTING}
@@ -121,8 +123,6 @@ SPLITS = ("folds", "bnt", "loso")
 #: K of the default split (``--split folds`` without ``--folds``)
 DEFAULT_FOLDS = 5
 COMBAT_UNSEEN = ("passthrough", "estimate")
-
-
 
 
 @dataclass
@@ -179,6 +179,7 @@ class AbideConfig:
     fmri_channels: str = "correlation"
     fmri_standardize: bool = False  # standardise each connectivity entry with training statistics
     fmri_crop: float = 0.0  # window-crop augmentation: fraction of each series per draw (0: off)
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup in the supervised epochs (0: off)
     text_model: str | None = None
     combat: str = "train"
     device: str = "auto"
@@ -240,6 +241,9 @@ class AbideConfig:
                                  f"correlation (got {self.fmri_channels!r}) or --fmri-crop 0")
             if self.input_noise > 0:
                 raise InputError("--fmri-crop and --input-noise both change the training fMRI: use one of them")
+        if not (np.isfinite(self.mixup) and self.mixup >= 0) or (self.mixup and self.model in FIT_BASELINES):
+            raise InputError(f"--mixup must be 0 (off) or a Beta concentration > 0 for a trained model, got "
+                             f"{self.mixup} with --model {self.model}")
         if isinstance(self.ensemble, bool) or int(self.ensemble) != self.ensemble or self.ensemble < 1:
             raise InputError(f"--ensemble must be an integer >= 1, got {self.ensemble!r}")
         if self.ensemble > 1 and self.model in FIT_BASELINES:
@@ -250,7 +254,6 @@ class AbideConfig:
         if self.model == "logistic-all" and self.input_noise > 0:
             raise InputError("--input-noise is not applied by --model logistic-all (its sMRI and phenotype features "
                              "would stay clean); use --model logistic or the multimodal model")
-
 
     def _check_site_options(self) -> None:
         """``--split``, ``--test-sites`` (a list, or one comma-separated string) and ``--combat-unseen``."""
@@ -275,14 +278,6 @@ class AbideConfig:
     def test_site_list(self) -> list[str] | None:
         """``--test-sites`` as a sorted list of site names (None without it)."""
         return None if self.test_sites is None else parse_sites(self.test_sites)
-
-
-def parse_sites(value: str | list[str]) -> list[str]:
-    """``--test-sites``: ``"SITE[,SITE...]"`` (or a list of such strings) as a sorted list of unique site names."""
-    parts = [part.strip() for item in ([value] if isinstance(value, str) else value) for part in str(item).split(",")]
-    if not parts or any(not part for part in parts):
-        raise InputError(f"--test-sites expects SITE[,SITE...] (comma-separated site names), got {value!r}")
-    return sorted(set(parts))
 
 
 # ----------------------------------------------------------------------------------------
@@ -369,6 +364,9 @@ class AbideTask(Task):
 
         inputs, mask, y = batch
         inputs, mask = to_device(inputs, self.device), to_device(mask, self.device)
+        mixed = mix_batch(inputs, mask, self.config.mixup) if self.config.mixup else None
+        if mixed is not None and step.epoch >= self.config.align_epochs:  # --mixup: supervised epochs only
+            inputs, mask = mixed.inputs, mixed.mask
         logits, embeddings = step.forward["model"](inputs, mask)
         if step.epoch < self.config.align_epochs:
             assert self.alignment is not None  # AbideConfig refuses --align-epochs without an alignment objective
@@ -377,11 +375,10 @@ class AbideTask(Task):
             loss = aligned["loss"] + 0.0 * logits.sum()
             return {"loss": loss, **{f"align_{k}": v.detach() for k, v in aligned.items()}}
         y = y.to(self.device)
-        if step.distributed:  # this rank's share of the global-batch mean
-            ce = global_mean_share(nn.functional.cross_entropy(logits, y, reduction="none"),
-                                   count=step.global_batch_size)
-        else:
-            ce = nn.functional.cross_entropy(logits, y)
+        per_subject = (mixed_cross_entropy(logits, y, mixed) if mixed is not None
+                       else nn.functional.cross_entropy(logits, y, reduction="none"))
+        # under DDP, this rank's share of the global-batch mean
+        ce = global_mean_share(per_subject, count=step.global_batch_size) if step.distributed else per_subject.mean()
         loss = self.config.classification_weight * ce
         parts: dict[str, torch.Tensor] = {"ce": ce.detach()}
         if self.alignment is not None:

@@ -3,7 +3,7 @@
 :func:`split_kind` names a run's split (``folds``, ``bnt``, ``loso`` or ``test-sites``); :func:`site_report`
 and :func:`per_site_results` say which sites a run trained and tested on and how each site fared;
 :func:`upgrade_recorded_config` reads a ``config.json`` written by an older version in today's options, so that
-resume checks compare like with like.
+resume checks compare like with like; :func:`parse_sites` reads ``--test-sites``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pmrl_sci.engine.units import IMPLIED_BY_OLDER_RUNS
+from pmrl_sci.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pmrl_sci.tasks.abide import AbideConfig
@@ -28,7 +29,7 @@ IMPLIED_BY_OLDER_ABIDE_RUNS: dict[str, Any] = {
     "model": "multimodal", "fmri_encoder": "brainnettf", "gram_contrastive": True, "sign_aware": False,
     "text_fields": ["age", "sex"], "threshold": "0.5", "test_sites": None, "combat_unseen": "passthrough",
     "align_epochs": 0, "init_from": None, "adapt": "none", "adapt_labels": None, "setting": "default",
-    "fmri_standardize": False, "fmri_crop": 0.0, "ensemble": 1,
+    "fmri_standardize": False, "fmri_crop": 0.0, "ensemble": 1, "mixup": 0.0,
 }
 
 
@@ -49,6 +50,14 @@ def upgrade_recorded_config(recorded: Mapping[str, Any]) -> dict[str, Any]:
     if upgraded.get("split") == "bnt" and upgraded.get("folds") is not None:
         upgraded["split"] = "folds"
     return upgraded
+
+
+def parse_sites(value: str | list[str]) -> list[str]:
+    """``--test-sites``: ``"SITE[,SITE...]"`` (or a list of such strings) as a sorted list of unique site names."""
+    parts = [part.strip() for item in ([value] if isinstance(value, str) else value) for part in str(item).split(",")]
+    if not parts or any(not part for part in parts):
+        raise InputError(f"--test-sites expects SITE[,SITE...] (comma-separated site names), got {value!r}")
+    return sorted(set(parts))
 
 
 def split_kind(config: AbideConfig) -> str:
