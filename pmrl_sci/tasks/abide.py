@@ -364,8 +364,9 @@ class AbideTask(Task):
 
         inputs, mask, y = batch
         inputs, mask = to_device(inputs, self.device), to_device(mask, self.device)
-        mixed = mix_batch(inputs, mask, self.config.mixup) if self.config.mixup else None
-        if mixed is not None and step.epoch >= self.config.align_epochs:  # --mixup: supervised epochs only
+        mixed = (mix_batch(inputs, mask, self.config.mixup)  # --mixup: in the supervised epochs only
+                 if self.config.mixup and step.epoch >= self.config.align_epochs else None)
+        if mixed is not None:
             inputs, mask = mixed.inputs, mixed.mask
         logits, embeddings = step.forward["model"](inputs, mask)
         if step.epoch < self.config.align_epochs:
@@ -375,10 +376,14 @@ class AbideTask(Task):
             loss = aligned["loss"] + 0.0 * logits.sum()
             return {"loss": loss, **{f"align_{k}": v.detach() for k, v in aligned.items()}}
         y = y.to(self.device)
-        per_subject = (mixed_cross_entropy(logits, y, mixed) if mixed is not None
-                       else nn.functional.cross_entropy(logits, y, reduction="none"))
-        # under DDP, this rank's share of the global-batch mean
-        ce = global_mean_share(per_subject, count=step.global_batch_size) if step.distributed else per_subject.mean()
+        if mixed is not None or step.distributed:
+            per_subject = (mixed_cross_entropy(logits, y, mixed) if mixed is not None
+                           else nn.functional.cross_entropy(logits, y, reduction="none"))
+            # under DDP, this rank's share of the global-batch mean
+            ce = global_mean_share(per_subject, count=step.global_batch_size) if step.distributed \
+                else per_subject.mean()
+        else:
+            ce = nn.functional.cross_entropy(logits, y)
         loss = self.config.classification_weight * ce
         parts: dict[str, torch.Tensor] = {"ce": ce.detach()}
         if self.alignment is not None:
