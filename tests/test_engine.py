@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 
@@ -287,6 +288,22 @@ def test_open_run_compares_an_upgraded_record(tmp_path):
     with pytest.raises(InputError, match="--split 'bnt'"):
         open_run(run, {"lr": 0.1, "split": "folds", "folds": 5})
     open_run(run, {"lr": 0.1, "split": "folds", "folds": 5}, upgrade=upgrade)  # the same run, recorded the old way
+
+
+def test_open_run_warns_about_options_an_older_record_does_not_hold(tmp_path, caplog):
+    run = RunFolder(tmp_path)
+    open_run(run, {"lr": 0.1, "out": "a"})
+    train_unit(TinyRegression(), _settings(epochs=1), unit="u", seed=0, run=run, device=CPU)
+    with caplog.at_level(logging.WARNING, logger="pmrl_sci.engine.units"):
+        open_run(run, {"lr": 0.1, "out": "b", "mixup": 0.4, "ema_decay": 0.0})  # ema_decay: implied for older runs
+    warned = [r.getMessage() for r in caplog.records if "did not record" in r.getMessage()]
+    assert len(warned) == 1
+    named = warned[0].split("did not record")[1].split(":")[0]
+    assert named.strip() == "--mixup"  # not the implied --ema-decay, not the result-neutral --out
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pmrl_sci.engine.units"):
+        open_run(run, {"lr": 0.1, "out": "b", "mixup": 0.4, "ema_decay": 0.0})  # now recorded: nothing to say
+    assert not [r for r in caplog.records if "did not record" in r.getMessage()]
 
 
 def test_init_offset_trains_another_initialisation_of_the_same_data(tmp_path):

@@ -41,12 +41,22 @@ def differing_options(recorded: Mapping[str, Any], current: Mapping[str, Any], i
                       ) -> list[str]:
     """``--name recorded -> current`` for every result-defining option that differs.
 
-    Options absent from ``recorded`` (written by an older version of the kit) are not compared.
+    Options absent from ``recorded`` (written by an older version of the kit) are not compared: give them an implied
+    value (:data:`IMPLIED_BY_OLDER_RUNS`, a task's ``upgrade``), or :func:`open_run` warns about them
+    (:func:`unrecorded_options`).
     """
     skip = RESULT_NEUTRAL_OPTIONS | set(ignore)
     now = json.loads(json.dumps(to_plain(dict(current)), default=str))
     return [f"{_option_flag(key)} {recorded[key]!r} (recorded) vs {now[key]!r} (now)"
             for key in now if key not in skip and key in recorded and not _same(recorded[key], now[key])]
+
+
+def unrecorded_options(recorded: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str] = ()
+                       ) -> list[str]:
+    """The result-defining options of ``current`` that ``recorded`` (an older version's config) does not hold,
+    as flags (``--name``); :func:`differing_options` cannot compare them."""
+    skip = RESULT_NEUTRAL_OPTIONS | set(ignore)
+    return [_option_flag(key) for key in current if key not in skip and key not in recorded]
 
 
 def has_results(run: RunFolder) -> bool:
@@ -87,11 +97,17 @@ def open_run(run: RunFolder, resolved: Mapping[str, Any], ignore: Iterable[str] 
         recorded = dict(upgrade(recorded))
     if recorded is not None:
         recorded = {**{k: v for k, v in IMPLIED_BY_OLDER_RUNS.items() if k in resolved}, **recorded}
-    diff = differing_options(recorded, resolved, ignore) if recorded is not None and has_results(run) else []
+    resuming = recorded is not None and has_results(run)
+    diff = differing_options(recorded, resolved, ignore) if resuming else []
     diff = gather_objects(diff)[0]  # rank 0's verdict on every rank; every rank has read before rank 0 writes
     if diff:
         raise InputError(f"--out {run.path} holds results of a run with other options: {'; '.join(diff)}. "
                          "Use another --out, or rerun with the recorded options to resume it")
+    unrecorded = unrecorded_options(recorded, resolved, ignore) if resuming else []
+    if unrecorded:
+        logger.warning("--out %s was written by an older version of the kit that did not record %s: resuming it "
+                       "assumes its finished units ran with this run's values of those options",
+                       run.path, ", ".join(unrecorded))
     run.remove_orphan_temporaries()
     run.write_config(resolved)
 
