@@ -96,8 +96,8 @@ def interval_note(test_train_ratio: float | None, confidence: float = 0.95) -> s
         return (f"{confidence:.0%} plain t interval over the paired units; the units did not record their sizes, "
                 "so it is not corrected for shared training subjects and is too narrow for cross-validation units.")
     return (f"{confidence:.0%} corrected resampled t interval over the paired units (Nadeau & Bengio 2003; "
-            f"variance x (1/n + n_test/n_train), n_test/n_train = {test_train_ratio:.3f}), because folds share "
-            "training subjects and seeds share test subjects.")
+            f"variance x (1/n + n_test/n_train), n_test/n_train = {test_train_ratio:.3f}), because units drawn "
+            "from the same subjects share training subjects (and, over seeds, test subjects).")
 
 
 def unit_values(results: Mapping[str, Any], metric: str) -> dict[str, float]:
