@@ -226,6 +226,27 @@ def test_front_end_runs_resumes_after_a_kill_and_refuses_other_options(tmp_path:
     assert done[whole]["resumed_from"] is None and done[killed]["resumed_from"] == 0  # continued, not restarted
 
 
+def test_a_run_from_before_sign_aware_and_the_weight_rename_resumes_only_under_its_options(tmp_path: Path,
+                                                                                          capsys) -> None:
+    from pmrl_sci.houston13 import main
+
+    out = tmp_path / "old"
+    args = [*TINY, "--objective", "pmrl", "--epochs", "1", "--out", str(out)]
+    main([*args, "--no-sign-aware", "--classification-weight", "0.5"])
+    config = json.loads((out / "config.json").read_text())
+    del config["sign_aware"]  # as written before --sign-aware existed, with the weight's former name
+    config["ce_weight"] = config.pop("classification_weight")
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit) as exit_info:  # today's default, sign-aware, would mix its units
+        main([*args, "--classification-weight", "0.5"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--sign-aware False (recorded) vs True (now)" in err
+    with pytest.raises(SystemExit):
+        main([*args, "--no-sign-aware"])  # the renamed weight is compared too
+    assert "--classification-weight 0.5 (recorded) vs 1.0 (now)" in capsys.readouterr().err
+    main([*args, "--no-sign-aware", "--classification-weight", "0.5"])  # its own options resume it
+
+
 def test_front_end_is_deterministic_and_reads_a_config_file(tmp_path: Path) -> None:
     from pmrl_sci.houston13 import main
 

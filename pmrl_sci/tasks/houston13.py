@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -364,6 +365,17 @@ def run_houston13(cfg: Houston13Config) -> dict[str, Any]:
         return _run_houston13(cfg, dist_info)
 
 
+def upgrade_recorded_config(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``config.json`` of an older version in today's options: ``ce_weight`` was renamed
+    ``classification_weight``, and a run from before ``--sign-aware`` had the paper's L_M (``sign_aware: false``),
+    so it resumes under ``--no-sign-aware`` and is refused under today's default."""
+    upgraded = dict(recorded)
+    if "classification_weight" not in upgraded and "ce_weight" in upgraded:
+        upgraded["classification_weight"] = upgraded.pop("ce_weight")
+    upgraded.setdefault("sign_aware", False)
+    return upgraded
+
+
 def _run_houston13(cfg: Houston13Config, dist_info: DistInfo) -> dict[str, Any]:
     from pmrl_sci.distributed import gather_objects, main_process_first
     from pmrl_sci.runs import default_run_dir
@@ -373,7 +385,7 @@ def _run_houston13(cfg: Houston13Config, dist_info: DistInfo) -> dict[str, Any]:
     run = RunFolder(gather_objects(run_dir)[0] if dist_info.distributed else run_dir)  # rank 0's folder
     config: dict[str, Any] = dataclasses.asdict(cfg) | {"out": str(run.path), "device_resolved": str(device)}
     # before the synthetic scene is (re)written into the folder; the strip height does not change the map
-    open_run(run, config, ignore=("map_tile_rows",))
+    open_run(run, config, ignore=("map_tile_rows",), upgrade=upgrade_recorded_config)
     with main_process_first():
         scene, source = prepare_scene(cfg, run.path, write=dist_info.is_main)
     config["dataset"] = {"source": source, "shape": list(scene.shape), "bands": int(scene.hsi.shape[0]),
