@@ -376,6 +376,7 @@ class AbideTask(Task):
             loss = aligned["loss"] + 0.0 * logits.sum()
             return {"loss": loss, **{f"align_{k}": v.detach() for k, v in aligned.items()}}
         y = y.to(self.device)
+        # per-subject losses only where needed: without mixup or DDP, the one reduction the recorded runs used
         if mixed is not None or step.distributed:
             per_subject = (mixed_cross_entropy(logits, y, mixed) if mixed is not None
                            else nn.functional.cross_entropy(logits, y, reduction="none"))

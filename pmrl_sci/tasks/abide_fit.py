@@ -21,6 +21,7 @@ from pmrl_sci.data.abide.cohort import AbideCohort
 from pmrl_sci.metrics import binary_classification_metrics, roc_points, youden_threshold
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pmrl_sci.engine.task import SelectedModel
     from pmrl_sci.tasks.abide import AbideConfig
 
 #: --threshold choices: 0.5 on the predicted probability, or chosen on the validation subjects
@@ -148,7 +149,7 @@ class EnsembleMember:
     """One trained member of an ``--ensemble`` unit: its selected model (``best``: epoch, score, test metrics)
     and that model's validation and test probabilities and labels (:func:`~pmrl_sci.tasks.abide_model.evaluate`)."""
 
-    best: Any
+    best: SelectedModel
     val: dict[str, Any]
     test: dict[str, Any]
 
