@@ -11,6 +11,9 @@ options whose destination is a field of the dataclass; the names and meanings ar
 * :func:`add_objective_options`: ``--objective``, ``--tau1``, ``--tau2``, ``--lambda1``, ``--no-instance-term``,
   ``--no-sign-aware``, ``--rank``, ``--temperature``, ``--anchor``, ``--gram-volume-only``, ``--align-weight``,
   ``--classification-weight``.
+
+The fields these groups fill are declared once, in :class:`RunOptions` and :class:`ObjectiveOptions`; a task's
+config dataclass inherits them (redeclaring a field only to change its default) and adds its own.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import functools
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from torch import nn
@@ -28,6 +32,81 @@ from pmrl_sci.errors import InputError
 
 T = TypeVar("T")
 OBJECTIVE_NAMES = ("pmrl", "gram", "vast", "none")
+
+
+@dataclass
+class RunOptions:
+    """Fields of :func:`add_run_options` with the same default in every front end, plus ``--ema-decay``.
+
+    Parameters
+    ----------
+    seed : int
+        First seed; trials use ``seed``, ``seed + 1``, ...
+    seeds : int
+        Number of trials (seeds).
+    init_offset : int
+        0, or N to train every unit from another initialisation and batch order on the same splits.
+    out : str, optional
+        Run folder (None: a new time-stamped folder).
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
+    progress : bool
+        Progress bars on rank 0.
+    tensorboard : bool
+        Also write TensorBoard event files.
+    ema_decay : float
+        Decay per step of the weight average that is validated, selected and tested; 0: off.
+    """
+
+    seed: int = 0
+    seeds: int = 1
+    init_offset: int = 0
+    out: str | None = None
+    device: str = "auto"
+    progress: bool = True
+    tensorboard: bool = False
+    ema_decay: float = 0.0
+
+
+@dataclass
+class ObjectiveOptions:
+    """Fields of :func:`add_objective_options` (the alignment objective and its hyper-parameters) that every
+    front end has; :func:`build_alignment_objective` reads them. A task redeclares a field to change its default
+    (ABIDE: ``tau1`` 0.5, ``tau2`` 0.4, no instance term).
+
+    Parameters
+    ----------
+    objective : str
+        ``pmrl``, ``gram``, ``vast`` (or ``none`` where the task allows it).
+    tau1, tau2, lambda1 : float
+        PMRL: temperature over singular values, temperature and weight of the instance-wise term.
+    instance_term : bool
+        PMRL: keep the instance-wise term L_M'.
+    rank : int
+        PMRL: leading singular values maximised.
+    sign_aware : bool
+        PMRL: the sign-aware leading value (False: the paper's sign-blind L_M).
+    temperature : float
+        GRAM/VAST: initial temperature.
+    anchor : str, optional
+        GRAM/VAST anchor modality (None: the task's choice).
+    gram_contrastive : bool
+        GRAM: keep its contrastive part (False: the volume alone).
+    align_weight : float
+        Weight of the alignment objective in the loss.
+    """
+
+    objective: str = "pmrl"
+    tau1: float = 0.05
+    tau2: float = 0.1
+    lambda1: float = 1.0
+    instance_term: bool = True
+    rank: int = 1
+    sign_aware: bool = True
+    temperature: float = 0.07
+    anchor: str | None = None
+    gram_contrastive: bool = True
+    align_weight: float = 1.0
 
 
 def _adder(group: Any, defaults: Any, helps: Mapping[str, str] | None) -> Callable[..., None]:
@@ -143,25 +222,22 @@ def check_run_options(cfg: Any) -> None:
         require_tensorboard()
 
 
-def check_objective_options(cfg: Any, n_modalities: int) -> None:
+def check_objective_options(cfg: ObjectiveOptions, n_modalities: int) -> None:
     """PMRL's ``--rank`` must lie in [1, number of modalities]; ``--objective`` must be known."""
-    objective = getattr(cfg, "objective", "none")
-    if objective not in OBJECTIVE_NAMES:
-        raise InputError(f"--objective must be one of {list(OBJECTIVE_NAMES)}, got {objective!r}")
-    rank = getattr(cfg, "rank", 1)
-    if objective == "pmrl" and n_modalities >= 2 and not 1 <= rank <= n_modalities:
-        raise InputError(f"--rank must be between 1 and the number of modalities ({n_modalities}), got {rank}")
+    if cfg.objective not in OBJECTIVE_NAMES:
+        raise InputError(f"--objective must be one of {list(OBJECTIVE_NAMES)}, got {cfg.objective!r}")
+    if cfg.objective == "pmrl" and n_modalities >= 2 and not 1 <= cfg.rank <= n_modalities:
+        raise InputError(f"--rank must be between 1 and the number of modalities ({n_modalities}), got {cfg.rank}")
 
 
-def build_alignment_objective(cfg: Any, modalities: Sequence[str], anchor: str | None = None,
+def build_alignment_objective(cfg: ObjectiveOptions, modalities: Sequence[str], anchor: str | None = None,
                               **extra: Any) -> nn.Module | None:
     """The alignment objective named by ``cfg.objective`` with the shared hyper-parameters, or None.
 
     Parameters
     ----------
-    cfg : object
-        Has ``objective`` and the hyper-parameters it uses (``tau1``, ``tau2``, ``lambda1``, ``sign_aware``,
-        optionally ``instance_term``, ``rank``; ``temperature``, optionally ``anchor``, ``gram_contrastive``).
+    cfg : ObjectiveOptions
+        The task's config (its objective fields).
     modalities : sequence of str
         The modalities aligned; fewer than two (or ``objective == "none"``) gives None.
     anchor : str, optional
@@ -176,12 +252,11 @@ def build_alignment_objective(cfg: Any, modalities: Sequence[str], anchor: str |
         return None
     if name == "pmrl":
         return build_objective("pmrl", tau1=cfg.tau1, tau2=cfg.tau2, lambda1=cfg.lambda1,
-                               instance_term=getattr(cfg, "instance_term", True), rank=getattr(cfg, "rank", 1),
-                               sign_aware=cfg.sign_aware)
-    chosen = getattr(cfg, "anchor", None) or anchor or modalities[-1]
+                               instance_term=cfg.instance_term, rank=cfg.rank, sign_aware=cfg.sign_aware)
+    chosen = cfg.anchor or anchor or modalities[-1]
     if name == "gram":
         return build_objective("gram", anchor=chosen, temperature=cfg.temperature,
-                               contrastive=getattr(cfg, "gram_contrastive", True), **extra)
+                               contrastive=cfg.gram_contrastive, **extra)
     if name == "vast":
         return build_objective("vast", anchor=chosen, temperature=cfg.temperature, **extra)
     raise InputError(f"--objective must be one of {list(OBJECTIVE_NAMES)}, got {name!r}")

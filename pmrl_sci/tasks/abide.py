@@ -48,7 +48,13 @@ from pmrl_sci.engine import train_unit as engine_train_unit
 from pmrl_sci.engine.mixup import mix_batch, mixed_cross_entropy
 from pmrl_sci.errors import InputError
 from pmrl_sci.metrics import binary_classification_metrics
-from pmrl_sci.options import build_alignment_objective, check_objective_options, check_run_options
+from pmrl_sci.options import (
+    ObjectiveOptions,
+    RunOptions,
+    build_alignment_objective,
+    check_objective_options,
+    check_run_options,
+)
 from pmrl_sci.runs import RunFolder, summarize
 from pmrl_sci.tasks.abide_data import (
     FMRI_CHANNELS,
@@ -126,7 +132,7 @@ COMBAT_UNSEEN = ("passthrough", "estimate")
 
 
 @dataclass
-class AbideConfig:
+class AbideConfig(RunOptions, ObjectiveOptions):
     """Everything that defines an ABIDE run (the resolved config written to the run folder).
 
     The defaults are the kit's recipe, chosen on the real development sites over 5 folds x 3 seeds (README,
@@ -147,32 +153,20 @@ class AbideConfig:
     strategy: str = "filt_noglobal"
     freesurfer_dir: str | None = None
     quality_checked: bool = True
-    objective: str = "pmrl"
-    tau1: float = 0.5
+    tau1: float = 0.5  # ObjectiveOptions' fields with ABIDE's defaults (see the class docstring)
     tau2: float = 0.4
-    lambda1: float = 1.0
     instance_term: bool = False
-    sign_aware: bool = True
-    rank: int = 1
-    temperature: float = 0.07
-    anchor: str | None = None
-    gram_contrastive: bool = True
-    align_weight: float = 1.0
     classification_weight: float = 1.0
     align_epochs: int = 0
     split: str = "folds"
     folds: int | None = None  # K of --split folds (None: DEFAULT_FOLDS); see n_folds
     test_sites: str | None = None  # "SITE[,SITE...]"; sorted and deduplicated once checked (see test_site_list)
     combat_unseen: str = "passthrough"
-    seeds: int = 1
-    seed: int = 0
     epochs: int | None = None
     patience: int = 20
     batch_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 1e-4
-    ema_decay: float = 0.0
-    init_offset: int = 0
     ensemble: int = 1  # members per unit, trained at --init-offset + 0 .. M - 1, probabilities averaged
     embed_dim: int = 128
     dropout: float = 0.1
@@ -182,14 +176,10 @@ class AbideConfig:
     mixup: float = 0.0  # Beta(alpha, alpha) of mixup in the supervised epochs (0: off)
     text_model: str | None = None
     combat: str = "train"
-    device: str = "auto"
-    out: str | None = None
     cache_dir: str | None = None
     download: bool = False
     default_subjects: int = 200
     default_sites: int = 4
-    progress: bool = True
-    tensorboard: bool = False
     input_noise: float = 0.0
     label_noise: float = 0.0
     text_fields: list[str] = field(default_factory=lambda: list(TEXT_FIELDS))

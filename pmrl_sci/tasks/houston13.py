@@ -43,7 +43,13 @@ from pmrl_sci.data.houston13.synthetic import SyntheticSceneConfig, write_synthe
 from pmrl_sci.engine import Selection, Step, Task, TrainData, TrainSettings, UnitModules, open_run, run_units
 from pmrl_sci.engine import train_unit as engine_train_unit
 from pmrl_sci.errors import InputError
-from pmrl_sci.options import build_alignment_objective, check_objective_options, check_run_options
+from pmrl_sci.options import (
+    ObjectiveOptions,
+    RunOptions,
+    build_alignment_objective,
+    check_objective_options,
+    check_run_options,
+)
 from pmrl_sci.runs import RunFolder, summarize
 from pmrl_sci.tasks.houston13_model import (
     HEADS,
@@ -74,26 +80,14 @@ OBJECTIVES = ("pmrl", "gram", "vast")
 
 
 @dataclass
-class Houston13Config:
+class Houston13Config(RunOptions, ObjectiveOptions):
     """Everything a Houston 2013 run depends on (the resolved config written to the run folder).
 
     See ``python -m pmrl_sci.houston13 --help`` for the meaning of each field.
     """
 
     data_dir: str | None = None
-    out: str | None = None
-    objective: str = "pmrl"
-    tau1: float = 0.05
-    tau2: float = 0.1
-    lambda1: float = 1.0
-    instance_term: bool = True
-    rank: int = 1
-    sign_aware: bool = True
-    temperature: float = 0.07
-    anchor: str | None = None
-    gram_contrastive: bool = True
     label_smoothing: float = 0.1
-    align_weight: float = 1.0
     classification_weight: float = 1.0
     patch_size: int = 11
     embed_dim: int = 256
@@ -101,8 +95,6 @@ class Houston13Config:
     label_embedding: str = "learned"
     text_model: str | None = None
     text_template: str = "{}"
-    seeds: int = 1
-    seed: int = 0
     epochs: int = 40
     patience: int = 10
     batch_size: int = 64
@@ -110,18 +102,13 @@ class Houston13Config:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     grad_clip: float = 2.0
-    ema_decay: float = 0.0
-    init_offset: int = 0
     val_fraction: float = 0.1
-    device: str = "auto"
     threads: int | None = None
     synthetic_rows: int = 96
     synthetic_cols: int = 256
     synthetic_seed: int = 2013
     map_tile_rows: int = 32
     eval_batch_size: int = 512
-    progress: bool = True
-    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

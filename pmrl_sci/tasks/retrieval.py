@@ -35,7 +35,14 @@ from pmrl_sci.data.splits import few_shot_indices, split_rows
 from pmrl_sci.engine import Selection, Step, Task, TrainData, TrainSettings, UnitModules, open_run, run_units
 from pmrl_sci.engine import train_unit as engine_train_unit
 from pmrl_sci.errors import InputError
-from pmrl_sci.options import build_alignment_objective, check_finite, check_objective_options, check_run_options
+from pmrl_sci.options import (
+    ObjectiveOptions,
+    RunOptions,
+    build_alignment_objective,
+    check_finite,
+    check_objective_options,
+    check_run_options,
+)
 from pmrl_sci.runs import RunFolder, summarize
 from pmrl_sci.tasks.retrieval_data import RetrievalData, load_retrieval_data
 from pmrl_sci.tasks.retrieval_eval import (
@@ -60,7 +67,7 @@ SAMPLER_EPOCH_OFFSET = 1
 
 
 @dataclass
-class RetrievalConfig:
+class RetrievalConfig(RunOptions, ObjectiveOptions):
     """Every option of the retrieval front end (see ``python -m pmrl_sci.retrieval --help``)."""
 
     manifest: str | None = None
@@ -76,17 +83,6 @@ class RetrievalConfig:
     max_depth: float = 10.0
     test_fraction: float = 0.2
     val_fraction: float = 0.1
-    objective: str = "pmrl"
-    anchor: str | None = None
-    tau1: float = 0.05
-    tau2: float = 0.1
-    lambda1: float = 1.0
-    instance_term: bool = True
-    rank: int = 1
-    sign_aware: bool = True
-    temperature: float = 0.07
-    gram_contrastive: bool = True
-    align_weight: float = 1.0
     lambda2: float = 0.1
     embed_dim: int = 128
     width: int = 8
@@ -104,17 +100,9 @@ class RetrievalConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     grad_clip: float = 2.0
-    ema_decay: float = 0.0
-    init_offset: int = 0
     eval_every: int = 1
     patience: int = 10
-    seed: int = 0
-    seeds: int = 1
-    device: str = "auto"
     threads: int | None = None
-    out: str | None = None
-    progress: bool = True
-    tensorboard: bool = False
     init_from: str | None = None  # a finished run with one modality fewer (pmrl_sci.tasks.retrieval_continual)
 
     def __post_init__(self) -> None:
