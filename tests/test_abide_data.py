@@ -16,6 +16,7 @@ from pmrl_sci.data.abide.generator import generate_abide_like
 from pmrl_sci.data.abide.phenotype import PHENOTYPE_FILENAME, QC_COLUMNS, quality_filter, read_phenotype
 from pmrl_sci.data.abide.timeseries import (
     ATLAS_ROIS,
+    atlases_found,
     check_atlas,
     find_roi_files,
     read_roi_timeseries,
@@ -278,6 +279,14 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _copy(src: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(src, tmp_path / "data"))
+
+
+def test_wrong_atlas_names_the_atlases_present(tiny_cohort: Path) -> None:
+    """A user who forgets --atlas (default cc200) on data of another atlas is told which one the folder has."""
+    assert atlases_found(tiny_cohort) == ["tt"]
+    with pytest.raises(InputError, match=r"no '\*_rois_cc200\.1D' file was found under .*this folder has files of "
+                                         r"atlas tt: pass --atlas tt"):
+        load_abide_cohort(tiny_cohort, atlas="cc200", modalities=["fmri"])
 
 
 def test_generator_formats_and_determinism(tiny_cohort: Path, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from pmrl_sci.data.abide.text_fields import (
 from pmrl_sci.data.abide.timeseries import (
     ATLAS_ROIS,
     DEFAULT_MIN_TIMEPOINTS,
+    atlases_found,
     check_atlas,
     read_roi_timeseries,
     scan_roi_files,
@@ -263,9 +264,12 @@ def load_abide_cohort(data_dir: str | os.PathLike[str], *, atlas: str = "cc200",
             logger.info("ABIDE: %d identical extra copies of ROI files in a second layout were skipped",
                         scan.n_duplicates)
         if not roi_files:
+            present = atlases_found(data_dir, pipeline, strategy)
+            hint = (f"this folder has files of atlas {', '.join(present)}: pass --atlas {present[0]}"
+                    if present else "check --atlas and the data folder")
             raise InputError(f"modality 'fmri' requested but no '*_rois_{atlas}.1D' file was found under "
-                             f"{data_dir} (pipeline {pipeline!r}, strategy {strategy!r}); check --atlas and the "
-                             "data folder, or drop fmri from the modalities")
+                             f"{data_dir} (pipeline {pipeline!r}, strategy {strategy!r}); {hint}, or drop fmri "
+                             "from the modalities")
         unmatched = sorted(set(roi_files) - file_ids)
         if unmatched:
             raise InputError(f"{len(unmatched)} ROI file(s) have a FILE_ID that matches no subject of {pheno_path}: "

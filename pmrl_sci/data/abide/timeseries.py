@@ -151,6 +151,20 @@ def scan_roi_files(data_dir: str | os.PathLike[str], atlas: str, pipeline: str =
     return RoiFileScan({})
 
 
+def atlases_found(data_dir: str | os.PathLike[str], pipeline: str = "cpac",
+                  strategy: str = "filt_noglobal") -> list[str]:
+    """The known atlases (keys of :data:`ATLAS_ROIS`) that have at least one ``.1D`` file in the folders
+    :func:`scan_roi_files` searches, in any of its layouts; sorted, empty when none (or no folder) is found."""
+    found: set[str] = set()
+    for folder in (c for c in strategy_dir_candidates(data_dir, pipeline, strategy) if c.is_dir()):
+        for pattern in ("*_rois_*.1D", "rois_*/*_rois_*.1D", "*/*_rois_*.1D"):
+            for path in folder.glob(pattern):
+                key = path.name.rsplit("_rois_", 1)[1][: -len(".1D")]
+                if key in ATLAS_ROIS:
+                    found.add(key)
+    return sorted(found)
+
+
 def find_roi_files(data_dir: str | os.PathLike[str], atlas: str, pipeline: str = "cpac",
                    strategy: str = "filt_noglobal") -> dict[str, Path]:
     """Map ``FILE_ID`` -> ``.1D`` path for every subject file found (see :func:`scan_roi_files`).
