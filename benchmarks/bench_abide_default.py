@@ -5,7 +5,8 @@ embedded cohort without ``--data-dir``) twice in one process, each time into a f
 
 1. plain, for the wall time, printed with its ratio to ``--budget`` (default 1800 s: 30 minutes);
 2. under :mod:`cProfile`, for the share of that time spent in each part of the run (cohort loading, per-unit
-   preparation with ComBat, forward and backward passes, optimiser steps, validation, checkpoint writes).
+   preparation with ComBat, forward and backward passes, optimiser steps, validation, the late fusion's logistic
+   regression, checkpoint writes).
    The profiled run is slower than the plain one; the shares are what it reports.
 
 The preprocessed cohort is read from the cache in both runs when it is there (the first run of the default
@@ -35,6 +36,8 @@ PARTS = [
     ("training steps: backward", "torch/_tensor.py", "backward"),
     ("training steps: optimiser", "torch/optim/optimizer.py", "wrapper"),
     ("validation and test passes", "tasks/abide_model.py", "evaluate"),
+    ("late fusion: logistic regression on every input (--fusion logistic)", "tasks/abide_fit.py",
+     "fuse_with_logistic"),
     ("checkpoint writes (resume state every epoch, selected models)", "pmrl_sci/runs.py", "save_checkpoint"),
     ("best-state snapshots", "engine/state.py", "detached_state"),
 ]

@@ -4,12 +4,16 @@ Runs ``python -m pmrl_sci.abide`` once per method, each in ``<out>/<method>``, o
 (``--folds``, default 5; 2 with ``--quick``) and seeds (``--seeds``, ``--seed``), so that every method sees
 identical train/validation/test subjects in each unit (seed x fold):
 
-- the default multimodal command (fMRI + sMRI + text, sign-aware PMRL): the **reference** row;
+- the default multimodal command (fMRI + sMRI + text, sign-aware PMRL, its probabilities averaged with logistic
+  regression's on every input: ``--fusion logistic``): the **reference** row;
+- the same multimodal model alone (``--fusion none``);
 - the paper's setting (``--setting paper``: PMRL with the paper's L_M and weights, L = CE + L_M + lambda1 L_M',
   tau1 0.05, tau2 0.4, lambda1 1; BrainNetTF on Pearson and partial correlation; text "age, gender"; threshold
   0.5 unless a ``--threshold`` is passed to every run);
-- the same model with cross-entropy and no alignment (``--objective none``);
-- fMRI alone with cross-entropy (``--modalities fmri --objective none``);
+- the same model with cross-entropy and no alignment (``--objective none``), fused as the default is, and alone
+  (``--objective none --fusion none``);
+- fMRI alone with cross-entropy (``--modalities fmri --objective none``; fused as the default is, with logistic
+  regression on connectivity);
 - logistic regression on vectorised connectivity (``--model logistic``);
 - logistic regression on every input the multimodal model sees (``--model logistic-all``: connectivity,
   FreeSurfer features harmonised with ComBat fitted on training subjects only, the text's phenotype fields
@@ -51,7 +55,10 @@ REFERENCE = "Multimodal (default command)"
 METHODS = [
     Method("multimodal", REFERENCE, []),
     Method("pmrl-paper", "PMRL, the paper's setting (paper L_M, BrainNetTF)", ["--setting", "paper"]),
+    Method("multimodal-alone", "Multimodal model alone (--fusion none)", ["--fusion", "none"]),
     Method("ce-only", "Multimodal, cross-entropy only", ["--objective", "none"]),
+    Method("ce-only-alone", "Multimodal, cross-entropy only, alone (--fusion none)",
+           ["--objective", "none", "--fusion", "none"]),
     Method("fmri-ce", "fMRI alone, cross-entropy", ["--modalities", "fmri", "--objective", "none"]),
     Method("logistic", "Logistic regression (connectivity)", ["--model", "logistic"], ("--model",)),
     Method("logistic-all", "Logistic regression (all inputs)", ["--model", "logistic-all"], ("--model",)),

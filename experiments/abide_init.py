@@ -1,14 +1,17 @@
 """ABIDE: how much a result owes to one initialisation, and a deep ensemble over initialisations.
 
-Runs, each in ``<out>/<method>``, on identical splits: the default command and cross-entropy alone
-(``--objective none``) at ``--init-offset 0 .. N-1`` (the same units, each trained from N initialisations and batch
-orders), and logistic regression on every input once (it is deterministic). Then writes ``<out>/init.md`` and
-``<out>/init.csv``: per row the test AUC (mean and std over units) and its paired difference from logistic
-regression on every input, with a 95% corrected resampled t interval over units (Nadeau & Bengio; see
-:func:`pmrl_sci.reports.compare.paired_difference`), and for the default its paired difference from cross-entropy
-alone at the same initialisation. The rows "ensemble of N initialisations" average
-each unit's test probabilities over the N runs (a deep ensemble) before computing its AUC; AUC only, since no
-threshold was chosen for the ensemble. Options it does not know go to every run; a rerun resumes.
+Runs, each in ``<out>/<method>``, on identical splits: the multimodal PMRL model and the same model with
+cross-entropy alone (``--objective none``), each alone (``--fusion none``), at ``--init-offset 0 .. N-1`` (the same
+units, each trained from N initialisations and batch orders), and logistic regression on every input once (it is
+deterministic). Then writes ``<out>/init.md`` and ``<out>/init.csv``: per row the test AUC (mean and std over
+units) and its paired difference from logistic regression on every input, with a 95% corrected resampled t
+interval over units (Nadeau & Bengio; see :func:`pmrl_sci.reports.compare.paired_difference`), and for the PMRL
+rows their paired difference from the matching cross-entropy row. The rows "ensemble of N initialisations" average
+each unit's test probabilities over the N runs (a deep ensemble) before computing its AUC. The rows "+ logistic
+regression" average each unit's test probabilities of that row's model (or ensemble) with logistic regression's on
+every input at equal weights: what ``--fusion logistic`` (the default command) reports, to the same probabilities.
+AUC only, since no threshold was chosen for these averages. Options it does not know go to every run; a rerun
+resumes.
 
     python experiments/abide_init.py --data-dir ~/data/abide-dev --atlas ho \\
         --freesurfer-dir ~/data/abide-dev/freesurfer --seeds 3 --inits 3 --out runs/init
@@ -37,11 +40,14 @@ from pmrl_sci.tasks.abide_methods import (
 
 REFERENCE = "Logistic regression, all inputs"
 #: the model families run at every initialisation: (folder prefix, row label, front-end options)
-FAMILIES = (("pmrl", "Default command", []), ("ce", "Cross-entropy alone", ["--objective", "none"]))
+FAMILIES = (("pmrl", "PMRL", ["--fusion", "none"]),
+            ("ce", "Cross-entropy alone", ["--objective", "none", "--fusion", "none"]))
+#: the late fusion of a row's model with logistic regression on every input (what ``--fusion logistic`` reports)
+FUSED = " + logistic regression"
 
 
 def init_methods(inits: int) -> list[Method]:
-    """The default and cross-entropy alone at ``--init-offset 0 .. inits - 1``, then the reference."""
+    """PMRL and cross-entropy alone, unfused, at ``--init-offset 0 .. inits - 1``, then the reference."""
     methods = [Method(f"{prefix}-init{i}", f"{label}, --init-offset {i}", [*args, "--init-offset", str(i)])
                for prefix, label, args in FAMILIES for i in range(inits)]
     return [*methods, Method("logistic-all", REFERENCE, ["--model", "logistic-all"], ("--model",))]
@@ -58,8 +64,10 @@ def unit_predictions(folder: Path) -> dict[str, tuple[list[int], np.ndarray, np.
     return out
 
 
-def ensemble_auc(runs: Sequence[Mapping[str, tuple[list[int], np.ndarray, np.ndarray]]]) -> dict[str, float]:
-    """Per unit, the test AUC of the probabilities averaged over ``runs`` (units every run holds).
+def ensemble_auc(runs: Sequence[Mapping[str, tuple[list[int], np.ndarray, np.ndarray]]],
+                 linear: Mapping[str, tuple[list[int], np.ndarray, np.ndarray]] | None = None) -> dict[str, float]:
+    """Per unit, the test AUC of the probabilities averaged over ``runs`` (units every run holds); with ``linear``,
+    of the mean of that average and ``linear``'s probabilities (equal weights).
 
     Raises
     ------
@@ -70,9 +78,11 @@ def ensemble_auc(runs: Sequence[Mapping[str, tuple[list[int], np.ndarray, np.nda
     out = {}
     for unit in units:
         subjects, labels, _ = runs[0][unit]
-        if any(r[unit][0] != subjects for r in runs):
+        if any(r[unit][0] != subjects for r in runs) or (linear is not None and linear[unit][0] != subjects):
             raise ValueError(f"unit {unit}: the runs tested different subjects; they are not on the same splits")
         prob = np.mean([r[unit][2] for r in runs], axis=0)
+        if linear is not None:
+            prob = (prob + linear[unit][2]) / 2.0
         out[unit] = binary_classification_metrics(labels, prob)["auc"]
     return out
 
@@ -94,14 +104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("[experiment] no table: not every run finished")
         return 1
     folders = {o.method.name: o.path for o in outcomes}
+    linear = unit_predictions(folders["logistic-all"])
     rows: dict[str, dict[str, float]] = {}
-    for prefix, label, _ in FAMILIES:
-        runs = [unit_predictions(folders[f"{prefix}-init{i}"]) for i in range(args.inits)]
-        for i, run in enumerate(runs):
-            rows[f"{label}, --init-offset {i}"] = ensemble_auc([run])
-        if args.inits > 1:
-            rows[f"{label}, ensemble of {args.inits} initialisations"] = ensemble_auc(runs)
-    rows[REFERENCE] = ensemble_auc([unit_predictions(folders["logistic-all"])])
+    for fused in (None, linear):
+        for prefix, label, _ in FAMILIES:
+            runs = [unit_predictions(folders[f"{prefix}-init{i}"]) for i in range(args.inits)]
+            name = label if fused is None else label + FUSED
+            for i, run in enumerate(runs):
+                rows[f"{name}, --init-offset {i}"] = ensemble_auc([run], fused)
+            if args.inits > 1:
+                rows[f"{name}, ensemble of {args.inits} initialisations"] = ensemble_auc(runs, fused)
+    rows[REFERENCE] = ensemble_auc([linear])
     (_, default, _), (_, ce, _) = FAMILIES
     partners = {label: label.replace(default, ce, 1) for label in rows if label.startswith(default)}
     ratio = unit_size_ratio(read_results(folders["logistic-all"]))

@@ -3,8 +3,11 @@
 Runs ``python -m pmrl_sci.abide --split loso`` once per method, each in ``<out>/<method>`` (one unit per site
 and seed, trained on the other sites, validated on a part of them):
 
-- the multimodal model with sign-aware PMRL (the default command), with VAST, and with GRAM;
+- the multimodal model with sign-aware PMRL (the default command's model), with VAST, and with GRAM;
 - the same model with cross-entropy alone (``--objective none``);
+
+each trained model reported alone (``--fusion none``: adaptation adapts the trained model, and the study compares
+objectives, not their fusion with logistic regression);
 - logistic regression on vectorised connectivity (``--model logistic``).
 
 Then, for each multimodal model with an alignment objective, ``--init-from <out>/<method> --adapt align`` in
@@ -43,10 +46,10 @@ from pmrl_sci.tasks.abide_methods import (
 )
 
 METHODS = [
-    Method("pmrl", "Multimodal, PMRL (default command)", []),
-    Method("vast", "Multimodal, VAST", ["--objective", "vast"]),
-    Method("gram", "Multimodal, GRAM", ["--objective", "gram"]),
-    Method("ce-only", "Multimodal, cross-entropy only", ["--objective", "none"]),
+    Method("pmrl", "Multimodal, PMRL (default model)", ["--fusion", "none"]),
+    Method("vast", "Multimodal, VAST", ["--objective", "vast", "--fusion", "none"]),
+    Method("gram", "Multimodal, GRAM", ["--objective", "gram", "--fusion", "none"]),
+    Method("ce-only", "Multimodal, cross-entropy only", ["--objective", "none", "--fusion", "none"]),
     Method("logistic", "Logistic regression (connectivity)", ["--model", "logistic"], ("--model",)),
 ]
 #: methods whose runs are adapted with --adapt align (an alignment objective over several modalities)

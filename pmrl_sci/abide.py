@@ -32,7 +32,7 @@ from pmrl_sci.tasks.abide import (
     run_abide,
 )
 from pmrl_sci.tasks.abide_adapt import ADAPT_MODES
-from pmrl_sci.tasks.abide_fit import THRESHOLDS
+from pmrl_sci.tasks.abide_fit import FUSIONS, THRESHOLDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ensemble", type=int, default=d.ensemble, metavar="M",
                     help="train M models per unit from M initialisations (--init-offset, +1, ...) on the same split "
                          "and report their averaged probabilities (a deep ensemble; M times the training); 1: off")
+    tr.add_argument("--fusion", choices=list(FUSIONS), default=d.fusion,
+                    help="'logistic': report the trained model's probabilities averaged at equal weights with those "
+                         "of logistic regression on the same inputs (--model logistic-all's, fitted on the same "
+                         "training subjects), the threshold chosen on the averaged validation probabilities; "
+                         "'none': the trained model alone")
     tr.add_argument("--mixup", type=float, default=d.mixup, metavar="ALPHA",
                     help="mixup of the training batches in the supervised epochs: every modality of a subject mixed "
                          "with the same partner at the same Beta(ALPHA, ALPHA) weight, the cross-entropy with both "
@@ -182,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"[pmrl_sci.abide] {label} on {'+'.join(results['modalities'])}: "
           f"AUC {auc['mean']:.3f} ± {auc['std']:.3f}, accuracy {acc['mean']:.3f} ± {acc['std']:.3f} "
           f"({auc['n']} run(s)); results in {config.out}")
+    if "fusion" in results:  # the fused numbers above; each model alone on the same units
+        f = results["fusion"]
+        print(f"  averaged with logistic regression on the same inputs (--fusion {f['mode']}); alone: trained model "
+              f"AUC {f['deep_auc']['mean']:.3f}, logistic regression AUC {f['linear_auc']['mean']:.3f}")
     for site, m in results.get("per_site", {}).items():
         shown = "  ".join(f"{k} {'n/a' if m[k] is None else format(m[k], '.3f')}" for k in ("auc", "accuracy"))
         print(f"  site {site}: {shown} (n={m['n']}{', unseen in training' if m['unseen_in_training'] else ''})")

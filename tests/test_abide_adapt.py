@@ -24,9 +24,10 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory, cache_dir):
-    """A finished leave-one-site-out run on fMRI + sMRI: the source of every test here."""
+    """A finished leave-one-site-out run on fMRI + sMRI, the trained model alone (its reported predictions are the
+    model's, which an adaptation starts from): the source of every test here."""
     out = tmp_path_factory.mktemp("source") / "run"
-    _run(out, cache_dir, "--split", "loso")
+    _run(out, cache_dir, "--split", "loso", "--fusion", "none")
     return out
 
 
@@ -72,6 +73,21 @@ def test_adapt_none_tests_the_source_model_on_the_same_subjects(tmp_path, cache_
     with pytest.raises(SystemExit) as info:  # resume refuses another adaptation in the same folder
         _run(out, cache_dir, "--split", "loso", "--init-from", str(source), "--adapt", "align")
     assert info.value.code == 2 and "--adapt 'none' (recorded) vs 'align' (now)" in capsys.readouterr().err
+
+
+def test_adapting_a_fused_source_starts_from_its_trained_model(tmp_path, cache_dir, source):
+    """A source run of the default command reports its model fused with logistic regression; an adaptation adapts
+    and reports the trained model alone, so its 'before' is the source's trained model alone (``fusion.deep``)."""
+    fused_source = tmp_path / "fused"
+    _run(fused_source, cache_dir, "--test-sites", "NYU")
+    src = _done(fused_source, "seed0-test-NYU")
+    assert json.loads((fused_source / "config.json").read_text())["fusion"] == "logistic" and "fusion" in src
+    out = tmp_path / "none"
+    _run(out, cache_dir, "--test-sites", "NYU", "--init-from", str(fused_source))
+    assert json.loads((out / "config.json").read_text())["fusion"] == "none"
+    done = _done(out, "seed0-test-NYU")
+    assert done["adaptation"]["before"]["auc"] == pytest.approx(src["fusion"]["deep_auc"])
+    assert "fusion" not in done
 
 
 def test_adapt_align_trains_alignment_only_without_the_target_labels(tmp_path, cache_dir, source, monkeypatch):

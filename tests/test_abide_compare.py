@@ -163,7 +163,7 @@ def test_front_end_refuses_a_diagnosis_field(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
     for bad, expected in ((["--model", "logistic-all", "--modalities", "smri", "text"], "needs fmri in --modalities"),
                           (["--model", "logistic-all", "--input-noise", "0.1"], "--input-noise is not applied"),
-                          (["--threshold", "0.3"], "--threshold")):
+                          (["--threshold", "0.3"], "--threshold"), (["--fusion", "mean"], "--fusion")):
         with pytest.raises(SystemExit) as info:
             abide_main([*bad, "--out", str(tmp_path / "r"), "--no-progress"])
         assert info.value.code == 2 and expected in capsys.readouterr().err
@@ -230,3 +230,73 @@ def test_quick_comparison_writes_paired_table(tmp_path):
     assert "Reference: Multimodal (default command)" in text and "corrected resampled t interval" in text
     assert f"n_test/n_train = {ratio:.3f}" in text
     assert "Multimodal (default command) (reference)" in text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# late fusion with logistic regression (--fusion logistic)
+
+
+def test_fusion_averages_the_trained_model_with_logistic_regression_on_the_same_units(tmp_path):
+    tiny = ["--default-subjects", "36", "--default-sites", "2", "--atlas", "tt", "--epochs", "2", "--batch-size", "8",
+            "--embed-dim", "32", "--folds", "2", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    runs = {name: tmp_path / name for name in ("deep", "linear", "fused")}
+    abide_main([*tiny, "--fusion", "none", "--out", str(runs["deep"])])
+    abide_main([*tiny, "--model", "logistic-all", "--out", str(runs["linear"])])
+    fused = abide_main([*tiny, "--out", str(runs["fused"])])  # the default: --fusion logistic
+    for unit in ("seed0-fold0", "seed0-fold1"):
+        deep, linear, both = (json.loads((runs[n] / "done" / f"{unit}.json").read_text()) for n in runs)
+        assert both["predictions"]["subject"] == deep["predictions"]["subject"] == linear["predictions"]["subject"]
+        expected = (np.asarray(deep["predictions"]["prob"]) + np.asarray(linear["predictions"]["prob"])) / 2
+        np.testing.assert_allclose(both["predictions"]["prob"], expected, rtol=1e-6)
+        labels = np.asarray(both["predictions"]["label"])
+        assert both["auc"] == pytest.approx(binary_auc(labels, expected))
+        # each model alone is kept beside the fused result: the same numbers as the runs of each model
+        assert both["fusion"]["deep_auc"] == pytest.approx(deep["auc"])
+        assert both["fusion"]["linear_auc"] == pytest.approx(linear["auc"])
+        assert both["fusion"]["deep"]["threshold"] == pytest.approx(deep["threshold"])
+        assert both["fusion"]["weight"] == 0.5 and both["fusion"]["trained_model_only"] == 0
+        assert both["val_sigma"] == deep["val_sigma"]  # the trained model's spectra are still reported
+    assert fused["fusion"]["mode"] == "logistic"
+    assert fused["fusion"]["deep_auc"]["values"] == pytest.approx([u["auc"] for u in json.loads(
+        (runs["deep"] / "results.json").read_text())["units"]])
+    # a fitted baseline has nothing to fuse: the option resolves to none, and the record says so
+    abide_main([*tiny, "--model", "logistic", "--fusion", "logistic", "--out", str(tmp_path / "lr")])
+    assert json.loads((tmp_path / "lr" / "config.json").read_text())["fusion"] == "none"
+    # a run folder of one fusion is not resumed under the other
+    with pytest.raises(SystemExit) as info:
+        abide_main([*tiny, "--out", str(runs["deep"]), "--fusion", "logistic"])
+    assert info.value.code == 2
+
+
+def binary_auc(labels, prob):
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(labels, prob)
+
+
+def test_fusion_keeps_the_trained_model_for_a_subject_without_fmri(tiny_cohort):
+    from pmrl_sci.tasks.abide_fit import baseline_inputs, baseline_probabilities, fuse_with_logistic
+
+    cohort = load_abide_cohort(tiny_cohort, atlas="tt", modalities=["fmri", "smri"], progress=False,
+                               text_fields=["age", "sex"])
+    labels = cohort.labels.astype(int)
+    order = np.argsort(labels, kind="stable")  # alternate the classes over the parts: both in each
+    rows = np.concatenate([order[labels[order] == 0], order[labels[order] == 1]])
+    parts = {"train": rows[0::2], "val": rows[1::4], "test": rows[3::4]}
+    config = AbideConfig(modalities=["fmri", "smri"], text_fields=["age", "sex"], fusion="logistic")
+    no_fmri = int(parts["test"][0])
+    cohort.mask["fmri"] = cohort.mask["fmri"].copy()
+    cohort.mask["fmri"][no_fmri] = False
+    rng = np.random.default_rng(0)
+    deep = {p: {"subject": parts[p], "label": labels[parts[p]], "prob": rng.uniform(size=len(parts[p]))}
+            for p in ("val", "test")}
+    result = fuse_with_logistic(config, cohort, parts, 0, deep["val"], deep["test"])
+    inputs = baseline_inputs(config, cohort, parts, 0, every_input=True)
+    _, linear_test, _ = baseline_probabilities(inputs.features, inputs.labels, inputs.local, 0)
+    assert no_fmri not in inputs.subjects and inputs.excluded_no_fmri == 1
+    linear = dict(zip(inputs.subjects[inputs.local["test"]].tolist(), linear_test))
+    prob = np.asarray(result["predictions"]["prob"])
+    assert prob[0] == pytest.approx(deep["test"]["prob"][0])  # no fMRI: the trained model's probability
+    np.testing.assert_allclose(prob[1:], (deep["test"]["prob"][1:] + [linear[s] for s in parts["test"][1:]]) / 2)
+    assert result["fusion"]["trained_model_only"] == 1
+    assert result["fusion"]["linear_auc"] == pytest.approx(binary_auc(labels[parts["test"][1:]], linear_test))

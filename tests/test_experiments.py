@@ -326,7 +326,7 @@ def test_quick_site_shift_table_has_every_site_before_and_after_adaptation(tmp_p
     adapted = json.loads((out / "pmrl-align" / "results.json").read_text())
     sites = sorted(source["per_site"])
     assert list(table.index) == [*sites, "mean over sites"] and len(sites) == 2  # --quick: 2 sites
-    label = "Multimodal, PMRL (default command)"
+    label = "Multimodal, PMRL (default model)"
     for site in sites:  # the before column is the source model on the same subjects
         assert table.loc[site, f"{label}: before"] == pytest.approx(source["per_site"][site]["auc"])
         assert table.loc[site, f"{label}: after align"] == pytest.approx(
@@ -357,26 +357,39 @@ def test_quick_init_study_pairs_every_initialisation_and_their_ensemble_with_log
     assert study.main(argv) == 0
     table = pd.read_csv(out / "init.csv", index_col=0)
     assert list(table.index) == [
-        "Default command, --init-offset 0", "Default command, --init-offset 1",
-        "Default command, ensemble of 2 initialisations", "Cross-entropy alone, --init-offset 0",
-        "Cross-entropy alone, --init-offset 1", "Cross-entropy alone, ensemble of 2 initialisations",
+        "PMRL, --init-offset 0", "PMRL, --init-offset 1", "PMRL, ensemble of 2 initialisations",
+        "Cross-entropy alone, --init-offset 0", "Cross-entropy alone, --init-offset 1",
+        "Cross-entropy alone, ensemble of 2 initialisations",
+        "PMRL + logistic regression, --init-offset 0", "PMRL + logistic regression, --init-offset 1",
+        "PMRL + logistic regression, ensemble of 2 initialisations",
+        "Cross-entropy alone + logistic regression, --init-offset 0",
+        "Cross-entropy alone + logistic regression, --init-offset 1",
+        "Cross-entropy alone + logistic regression, ensemble of 2 initialisations",
         "Logistic regression, all inputs"]
     assert json.loads((out / "pmrl-init1" / "config.json").read_text())["init_offset"] == 1
+    assert json.loads((out / "pmrl-init1" / "config.json").read_text())["fusion"] == "none"
     runs = [study.unit_predictions(out / f"pmrl-init{i}") for i in range(2)]
     (subjects, labels, first), second = runs[0]["seed0"], runs[1]["seed0"][2]
     assert runs[1]["seed0"][0] == subjects and not np.array_equal(first, second)  # same subjects, other models
     from sklearn.metrics import roc_auc_score
 
     assert study.ensemble_auc(runs)["seed0"] == pytest.approx(roc_auc_score(labels, (first + second) / 2))
-    assert table.loc["Default command, --init-offset 1", "AUC"] == (
+    linear = study.unit_predictions(out / "logistic-all")
+    assert linear["seed0"][0] == subjects
+    fused = ((first + second) / 2 + linear["seed0"][2]) / 2  # the late fusion: equal weights, fixed beforehand
+    assert study.ensemble_auc(runs, linear)["seed0"] == pytest.approx(roc_auc_score(labels, fused))
+    assert table.loc["PMRL + logistic regression, ensemble of 2 initialisations", "AUC"] == (
+        f"{100 * roc_auc_score(labels, fused):.1f} ± 0.0")
+    assert table.loc["PMRL, --init-offset 1", "AUC"] == (
         f"{100 * json.loads((out / 'pmrl-init1' / 'done' / 'seed0.json').read_text())['auc']:.1f} ± 0.0")
     assert "| Logistic regression, all inputs | 1 |" in (out / "init.md").read_text()
     assert "corrected resampled t interval" in (out / "init.md").read_text()
     partner = table["ΔAUC vs the same initialisation(s) of cross-entropy alone [95% CI]"]
     ce = json.loads((out / "ce-init1" / "done" / "seed0.json").read_text())["auc"]
     pmrl = json.loads((out / "pmrl-init1" / "done" / "seed0.json").read_text())["auc"]
-    assert partner["Default command, --init-offset 1"].startswith(f"{100 * (pmrl - ce):+.1f}")
+    assert partner["PMRL, --init-offset 1"].startswith(f"{100 * (pmrl - ce):+.1f}")
     assert partner["Cross-entropy alone, --init-offset 1"] == "—"
+    assert partner["PMRL + logistic regression, --init-offset 1"] != "—"
     runs[1]["seed0"] = (subjects[::-1], labels, second)
     with pytest.raises(ValueError, match="different subjects"):
         study.ensemble_auc(runs)

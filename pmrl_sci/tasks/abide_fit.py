@@ -1,4 +1,4 @@
-"""ABIDE helpers for the decision threshold and the logistic regression on every input (``--model logistic-all``).
+"""ABIDE's fitted baselines (:func:`fit_baseline_unit`), the decision threshold and the late fusion.
 
 :func:`thresholded_metrics` reports test metrics at 0.5 or at the threshold chosen on the validation subjects
 (``--threshold val``: Youden's J, see :func:`pmrl_sci.metrics.youden_threshold`); the test labels are only
@@ -7,10 +7,13 @@ the multimodal model sees: vectorised connectivity (fMRI), ComBat-harmonised Fre
 training subjects only (sMRI), and the phenotype fields its text carries, encoded numerically (text).
 :func:`probability_result` is a unit's test result from validation and test probabilities (every ABIDE model and
 baseline reports through it); :func:`ensemble_metrics` is that of a unit of ``--ensemble M`` from its members.
+:func:`baseline_inputs` gives the features and subjects of the fitted baselines, and :func:`fuse_with_logistic`
+averages a trained model's probabilities with logistic regression's on the same inputs (``--fusion logistic``).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -103,6 +106,60 @@ def logistic_all_features(cohort: AbideCohort, config: AbideConfig, rows: np.nda
     return np.concatenate(blocks, axis=1), names
 
 
+@dataclass
+class BaselineInputs:
+    """A unit's subjects with fMRI, in the order train, val, test, as the fitted baselines see them.
+
+    Attributes
+    ----------
+    subjects : ndarray of int
+        Cohort rows.
+    labels : ndarray of int
+        Their labels (training labels as the trained models see them, i.e. after ``--label-noise``).
+    local : dict of str to ndarray
+        Positions of ``train``, ``val`` and ``test`` in ``subjects``.
+    features : ndarray
+        Vectorised connectivity, or with ``every_input`` the features of :func:`logistic_all_features`.
+    info : dict
+        Preparation record (ComBat, feature blocks).
+    excluded_no_fmri : int
+        Subjects of the unit left out for lack of fMRI.
+    """
+
+    subjects: np.ndarray
+    labels: np.ndarray
+    local: dict[str, np.ndarray]
+    features: np.ndarray
+    info: dict[str, Any]
+    excluded_no_fmri: int
+
+
+def baseline_inputs(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.ndarray], seed: int,
+                    every_input: bool = False) -> BaselineInputs:
+    """The fitted baselines' inputs for one unit: its subjects with fMRI, their vectorised connectivity (prepared
+    with training statistics only) or, with ``every_input``, the features of every input of ``config.modalities``
+    (:func:`logistic_all_features`)."""
+    from pmrl_sci.baselines import vectorize_connectivity
+    from pmrl_sci.tasks.abide_data import prepare_split_arrays
+
+    fmri_only = copy.copy(config)  # not dataclasses.replace: the fMRI-only view is no run to check (--align-epochs)
+    fmri_only.modalities = ["fmri"]
+    has = cohort.mask["fmri"]
+    kept = {name: idx[has[idx]] for name, idx in parts.items()}
+    arrays, info = prepare_split_arrays(cohort, fmri_only, kept["train"], kept, seed)
+    order = ["train", "val", "test"]
+    features = vectorize_connectivity(np.concatenate([arrays[n].inputs["fmri"] for n in order]))
+    labels = np.concatenate([arrays[n].labels for n in order])
+    subjects = np.concatenate([arrays[n].index for n in order])
+    bounds = np.cumsum([0] + [len(arrays[n].labels) for n in order])
+    local = {n: np.arange(bounds[i], bounds[i + 1]) for i, n in enumerate(order)}
+    if every_input:
+        features, blocks = logistic_all_features(cohort, config, subjects, local["train"])
+        info["features"] = blocks
+    return BaselineInputs(subjects, labels, local, features, info,
+                          int(sum(len(parts[n]) - len(kept[n]) for n in order)))
+
+
 def baseline_probabilities(features: np.ndarray, labels: np.ndarray, local: Mapping[str, np.ndarray], seed: int
                            ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Logistic regression fitted on the training rows, C chosen on validation AUC: (val, test) probabilities."""
@@ -121,6 +178,82 @@ def probability_result(mode: str, cohort: AbideCohort, test_subjects: np.ndarray
     return {**thresholded_metrics(mode, np.asarray(val_labels), np.asarray(val_prob), test_labels, test_prob),
             "predictions": test_predictions(cohort, test_subjects, test_prob),
             "roc": roc_points(test_labels, test_prob) if len(set(test_labels.tolist())) == 2 else None}
+
+
+def fit_baseline_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.ndarray], seed: int,
+                      unit: str) -> dict[str, Any]:
+    """The non-deep baselines: logistic regression or the population GCN on vectorised connectivity, or
+    (``logistic-all``) logistic regression on every input of ``--modalities`` (:func:`logistic_all_features`).
+
+    Subjects without fMRI are left out of these baselines (counted in the result).
+    """
+    from pmrl_sci.baselines import fit_predict_population_gcn
+
+    inputs = baseline_inputs(config, cohort, parts, seed, every_input=config.model == "logistic-all")
+    features, labels, subjects, local, info = (inputs.features, inputs.labels, inputs.subjects, inputs.local,
+                                               inputs.info)
+    if config.model in ("logistic", "logistic-all"):
+        val_prob, prob, fit_info = baseline_probabilities(features, labels, local, seed)
+        best_val = max(fit_info["scores"].values()) if fit_info.get("scores") else float("nan")
+    else:
+        prob_all, fit_info = fit_predict_population_gcn(
+            features, labels, cohort.sites[subjects], cohort.sex[subjects], cohort.age[subjects], local["train"],
+            local["val"], local["test"], seed=seed, epochs=config.epochs, return_all=True, return_info=True)
+        prob, val_prob = prob_all[local["test"]], prob_all[local["val"]]
+        val_metrics = binary_classification_metrics(labels[local["val"]], val_prob)
+        best_val = val_metrics["auc"]
+    result = probability_result(config.threshold, cohort, subjects[local["test"]], labels[local["val"]], val_prob,
+                                labels[local["test"]], prob)
+    return {"unit": unit, "seed": seed, "best_epoch": int(fit_info.get("best_epoch", -1)), "best_val": best_val,
+            "n_train": len(local["train"]), "n_val": len(local["val"]), "n_test": len(local["test"]),
+            "excluded_no_fmri": inputs.excluded_no_fmri, **result, "test_sigma": None,
+            "prep": info | {"fit": {k: v for k, v in fit_info.items() if k != "scores"}}}
+
+
+#: --fusion choices: the trained model alone, or averaged with logistic regression on the same inputs
+FUSIONS = ("none", "logistic")
+
+
+def fuse_with_logistic(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.ndarray], seed: int,
+                       val: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """A unit's result from the trained model's probabilities averaged with logistic regression's (``--fusion
+    logistic``): a late fusion at equal weights, fixed beforehand (not tuned on any split).
+
+    The logistic regression is ``--model logistic-all``'s on this unit: every input of ``config.modalities``
+    (connectivity, harmonised FreeSurfer features, the phenotype fields of the text), fitted on the training
+    subjects, its C chosen on the validation subjects. A subject without fMRI, which it cannot score, keeps the
+    trained model's probability. The decision threshold is chosen on the fused validation probabilities.
+
+    Parameters
+    ----------
+    config, cohort, parts, seed
+        The unit, as the trained model saw it.
+    val, test : mapping
+        The trained model's ``subject`` (cohort rows), ``label`` and ``prob`` of the validation and test subjects.
+
+    Returns
+    -------
+    dict
+        :func:`probability_result` of the fused probabilities, and ``fusion``: the weight, the C chosen, the test
+        AUC of each model alone and the trained model's own thresholded metrics (``deep``).
+    """
+    inputs = baseline_inputs(config, cohort, parts, seed, every_input=True)
+    val_prob, test_prob, fit_info = baseline_probabilities(inputs.features, inputs.labels, inputs.local, seed)
+    linear = dict(zip(inputs.subjects[inputs.local["val"]].tolist(), val_prob.tolist()))
+    linear |= dict(zip(inputs.subjects[inputs.local["test"]].tolist(), test_prob.tolist()))
+    fused, alone = {}, {}
+    for name, part in (("val", val), ("test", test)):
+        alone[name] = np.array([linear.get(int(s), np.nan) for s in part["subject"]])
+        fused[name] = np.where(np.isnan(alone[name]), part["prob"], (np.asarray(part["prob"]) + alone[name]) / 2.0)
+    scored = ~np.isnan(alone["test"])
+    deep = thresholded_metrics(config.threshold, val["label"], val["prob"], test["label"], test["prob"])
+    linear_auc = (binary_classification_metrics(np.asarray(test["label"])[scored], alone["test"][scored])["auc"]
+                  if scored.any() else float("nan"))
+    return {**probability_result(config.threshold, cohort, np.asarray(test["subject"]), val["label"], fused["val"],
+                                 test["label"], fused["test"]),
+            "fusion": {"with": "logistic-all", "weight": 0.5, "C": fit_info["C"], "deep": deep,
+                       "deep_auc": deep["auc"], "linear_auc": linear_auc,
+                       "trained_model_only": int((~scored).sum() + np.isnan(alone["val"]).sum())}}
 
 
 def ensemble_member_name(unit: str, member: int) -> str:
