@@ -70,8 +70,6 @@ from pmrl_sci.tasks.abide_fit import (  # noqa: F401 - test_predictions re-expor
     FUSIONS,
     THRESHOLDS,
     EnsembleMember,
-    baseline_inputs,
-    baseline_probabilities,
     ensemble_member_name,
     ensemble_metrics,
     fit_baseline_unit,
