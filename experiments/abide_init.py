@@ -30,6 +30,7 @@ from pmrl_sci.io import atomic_write_text
 from pmrl_sci.metrics import binary_classification_metrics
 from pmrl_sci.reports.compare import frame_markdown, interval_note, paired_unit_table, unit_size_ratio
 from pmrl_sci.reports.tables import read_results
+from pmrl_sci.tasks.abide_fit import late_fusion
 from pmrl_sci.tasks.abide_methods import (
     Method,
     experiment_parser,
@@ -67,7 +68,8 @@ def unit_predictions(folder: Path) -> dict[str, tuple[list[int], np.ndarray, np.
 def ensemble_auc(runs: Sequence[Mapping[str, tuple[list[int], np.ndarray, np.ndarray]]],
                  linear: Mapping[str, tuple[list[int], np.ndarray, np.ndarray]] | None = None) -> dict[str, float]:
     """Per unit, the test AUC of the probabilities averaged over ``runs`` (units every run holds); with ``linear``,
-    of the mean of that average and ``linear``'s probabilities (equal weights).
+    of that average fused with ``linear``'s probabilities (:func:`~pmrl_sci.tasks.abide_fit.late_fusion`, what
+    ``--fusion logistic`` reports).
 
     Raises
     ------
@@ -82,7 +84,7 @@ def ensemble_auc(runs: Sequence[Mapping[str, tuple[list[int], np.ndarray, np.nda
             raise ValueError(f"unit {unit}: the runs tested different subjects; they are not on the same splits")
         prob = np.mean([r[unit][2] for r in runs], axis=0)
         if linear is not None:
-            prob = (prob + linear[unit][2]) / 2.0
+            prob = late_fusion(prob, linear[unit][2])
         out[unit] = binary_classification_metrics(labels, prob)["auc"]
     return out
 

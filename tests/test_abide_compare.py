@@ -256,6 +256,15 @@ def test_fusion_averages_the_trained_model_with_logistic_regression_on_the_same_
         assert both["fusion"]["deep"]["threshold"] == pytest.approx(deep["threshold"])
         assert both["fusion"]["weight"] == 0.5 and both["fusion"]["trained_model_only"] == 0
         assert both["val_sigma"] == deep["val_sigma"]  # the trained model's spectra are still reported
+    # with --ensemble the members' averaged probabilities are fused (member 1 = the run at --init-offset 1)
+    abide_main([*tiny, "--fusion", "none", "--init-offset", "1", "--out", str(tmp_path / "deep1")])
+    abide_main([*tiny, "--ensemble", "2", "--out", str(tmp_path / "ensemble")])
+    for unit in ("seed0-fold0", "seed0-fold1"):
+        members = [json.loads((tmp_path / n / "done" / f"{unit}.json").read_text())["predictions"]["prob"]
+                   for n in ("deep", "deep1")]
+        linear = json.loads((runs["linear"] / "done" / f"{unit}.json").read_text())["predictions"]["prob"]
+        both = json.loads((tmp_path / "ensemble" / "done" / f"{unit}.json").read_text())
+        np.testing.assert_allclose(both["predictions"]["prob"], (np.mean(members, axis=0) + linear) / 2, rtol=1e-6)
     assert fused["fusion"]["mode"] == "logistic"
     assert fused["fusion"]["deep_auc"]["values"] == pytest.approx([u["auc"] for u in json.loads(
         (runs["deep"] / "results.json").read_text())["units"]])

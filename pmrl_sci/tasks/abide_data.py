@@ -7,7 +7,7 @@ standardise with training statistics; see :mod:`pmrl_sci.tasks.abide` for the wh
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,20 +186,23 @@ def harmonise_smri(cohort: AbideCohort, train: np.ndarray, mode: str, unseen: st
 
 
 def prepare_split_arrays(cohort: AbideCohort, config: AbideConfig, train: np.ndarray, parts: Mapping[str, np.ndarray],
-                         seed: int) -> tuple[dict[str, SplitArrays], dict[str, Any]]:
-    """Inputs for each split part, harmonised and standardised with training statistics only."""
+                         seed: int, modalities: Sequence[str] | None = None
+                         ) -> tuple[dict[str, SplitArrays], dict[str, Any]]:
+    """Inputs for each split part, harmonised and standardised with training statistics only; of ``modalities``
+    (default ``config.modalities``; the fitted baselines ask for fMRI alone)."""
+    modalities = config.modalities if modalities is None else modalities
     inputs: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {}
     fmri_scale = None
-    if "fmri" in config.modalities:
+    if "fmri" in modalities:
         channels = FMRI_CHANNELS[config.fmri_channels]
         inputs["fmri"] = cohort.fmri[:, channels[0]] if len(channels) == 1 else cohort.fmri[:, channels]
         if config.fmri_standardize:
             inputs["fmri"], fmri_scale = standardize_connectivity(inputs["fmri"], cohort.mask["fmri"], train)
             info["fmri_standardized_on"] = int(np.intersect1d(train, np.flatnonzero(cohort.mask["fmri"])).size)
-    if "smri" in config.modalities:
+    if "smri" in modalities:
         inputs["smri"], info["combat"] = harmonise_smri(cohort, train, config.combat, config.combat_unseen)
-    if "text" in config.modalities:
+    if "text" in modalities:
         emb = cohort.text_embeddings.astype(np.float32)
         inputs["text"] = emb
     rng = np.random.default_rng(seed + 7919)

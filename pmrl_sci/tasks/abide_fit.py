@@ -13,7 +13,6 @@ averages a trained model's probabilities with logistic regression's on the same 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -142,11 +141,9 @@ def baseline_inputs(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str
     from pmrl_sci.baselines import vectorize_connectivity
     from pmrl_sci.tasks.abide_data import prepare_split_arrays
 
-    fmri_only = copy.copy(config)  # not dataclasses.replace: the fMRI-only view is no run to check (--align-epochs)
-    fmri_only.modalities = ["fmri"]
     has = cohort.mask["fmri"]
     kept = {name: idx[has[idx]] for name, idx in parts.items()}
-    arrays, info = prepare_split_arrays(cohort, fmri_only, kept["train"], kept, seed)
+    arrays, info = prepare_split_arrays(cohort, config, kept["train"], kept, seed, modalities=["fmri"])
     order = ["train", "val", "test"]
     features = vectorize_connectivity(np.concatenate([arrays[n].inputs["fmri"] for n in order]))
     labels = np.concatenate([arrays[n].labels for n in order])
@@ -214,6 +211,13 @@ def fit_baseline_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[s
 FUSIONS = ("none", "logistic")
 
 
+def late_fusion(trained: np.ndarray, linear: np.ndarray) -> np.ndarray:
+    """The probabilities ``--fusion logistic`` reports: the mean of the trained model's and logistic regression's,
+    at equal weights fixed beforehand; the trained model's alone where ``linear`` is NaN (no fMRI to score)."""
+    trained, linear = np.asarray(trained, dtype=float), np.asarray(linear, dtype=float)
+    return np.where(np.isnan(linear), trained, (trained + linear) / 2.0)
+
+
 def fuse_with_logistic(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.ndarray], seed: int,
                        val: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """A unit's result from the trained model's probabilities averaged with logistic regression's (``--fusion
@@ -244,7 +248,7 @@ def fuse_with_logistic(config: AbideConfig, cohort: AbideCohort, parts: Mapping[
     fused, alone = {}, {}
     for name, part in (("val", val), ("test", test)):
         alone[name] = np.array([linear.get(int(s), np.nan) for s in part["subject"]])
-        fused[name] = np.where(np.isnan(alone[name]), part["prob"], (np.asarray(part["prob"]) + alone[name]) / 2.0)
+        fused[name] = late_fusion(part["prob"], alone[name])
     scored = ~np.isnan(alone["test"])
     deep = thresholded_metrics(config.threshold, val["label"], val["prob"], test["label"], test["prob"])
     linear_auc = (binary_classification_metrics(np.asarray(test["label"])[scored], alone["test"][scored])["auc"]
