@@ -33,6 +33,7 @@ from pmrl_sci.reports.tables import read_results
 from pmrl_sci.tasks.abide_fit import late_fusion
 from pmrl_sci.tasks.abide_methods import (
     Method,
+    describe_methods,
     experiment_parser,
     report_outcomes,
     run_methods,
@@ -100,11 +101,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         shared = shared_front_end_args(args, forward)
     except ValueError as exc:
         parser.error(str(exc))
-    outcomes = run_methods(init_methods(args.inits), args.out, shared)
+    methods = init_methods(args.inits)
+    if args.methods:
+        known = [m.name for m in methods]
+        unknown = [name for name in args.methods if name not in known]
+        if unknown:
+            parser.error(f"--methods: unknown {unknown}; expected some of {known}")
+        methods = [m for m in methods if m.name in args.methods]
+    if args.list:
+        print(describe_methods(methods))
+        return 0
+    outcomes = run_methods(methods, args.out, shared)
     status = report_outcomes(outcomes)
     if any(o.status != "done" for o in outcomes):
         print("[experiment] no table: not every run finished")
         return 1
+    if len(methods) < len(init_methods(args.inits)):
+        print("[experiment] no table: it needs every method; rerun without --methods (finished runs are reused)")
+        return status
     folders = {o.method.name: o.path for o in outcomes}
     linear = unit_predictions(folders["logistic-all"])
     rows: dict[str, dict[str, float]] = {}

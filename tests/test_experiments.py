@@ -429,3 +429,21 @@ def test_connectivity_study_fits_on_training_subjects_and_pairs_every_row_with_p
     changed[9:12] += 10.0  # site A's test subjects
     again = study.combat_features(changed, sites, covariates, train)
     np.testing.assert_allclose(again[train], harmonised[train])
+
+
+def test_init_study_lists_and_runs_only_the_methods_asked_for(tmp_path, capsys):
+    study = _script("abide_init")
+    out = tmp_path / "init"
+    assert study.main(["--list", "--inits", "2", "--out", str(out)]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert listed == ["pmrl-init0", "pmrl-init1", "ce-init0", "ce-init1", "logistic-all"]
+    assert not out.exists()  # --list runs nothing
+    argv = ["--quick", "--seeds", "1", "--inits", "2", "--epochs", "1", "--split", "bnt", "--methods", "logistic-all",
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert study.main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["logistic-all"]
+    assert "no table: it needs every method" in capsys.readouterr().out
+    assert not (out / "init.csv").exists()
+    with pytest.raises(SystemExit) as exc:
+        study.main(["--list", "--methods", "pmrl-init5"])
+    assert exc.value.code == 2
