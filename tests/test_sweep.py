@@ -462,3 +462,10 @@ def test_postgres_workers_and_a_killed_worker(tmp_path: Path, abide_cache: Path,
     assert retried[0].state == optuna.trial.TrialState.COMPLETE
     best = json.loads((out / "best.json").read_text())
     assert best["counts"]["COMPLETE"] == 3 and "postgres" in best["storage"]
+
+
+@pytest.mark.parametrize("space", sorted((Path(__file__).parents[1] / "experiments" / "sweeps").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_space_files_are_valid_for_their_front_end(tmp_path: Path, space: Path) -> None:
+    front_end = space.name.split("_")[0]
+    prepare(SweepConfig(front_end=front_end, out=tmp_path, space=space))  # raises on any unknown or bad option
