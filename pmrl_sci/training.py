@@ -153,13 +153,15 @@ class EarlyStopping:
         return self.bad_epochs >= self.patience
 
 
-EpochCallback = Callable[[str, int, Mapping[str, float]], None]
+#: ``callback(unit, epoch, validation_metrics, max_epochs)``: see :func:`epoch_callback`
+EpochCallback = Callable[[str, int, Mapping[str, float], int], None]
 _EPOCH_CALLBACK: ContextVar[EpochCallback | None] = ContextVar("pmrl_sci_epoch_callback", default=None)
 
 
 @contextmanager
 def epoch_callback(callback: EpochCallback) -> Iterator[None]:
-    """Call ``callback(unit, epoch, validation_metrics)`` after every epoch of every front end run inside.
+    """Call ``callback(unit, epoch, validation_metrics, max_epochs)`` after every validated epoch of every front
+    end run inside (``max_epochs``: the unit's epoch budget, which early stopping may cut short).
 
     Used by sweeps to report intermediate values to Optuna and prune: the callback may raise
     (e.g. ``optuna.TrialPruned``) to stop the run; the exception propagates out of ``main``.
@@ -171,8 +173,8 @@ def epoch_callback(callback: EpochCallback) -> Iterator[None]:
         _EPOCH_CALLBACK.reset(token)
 
 
-def report_epoch(unit: str, epoch: int, metrics: Mapping[str, float]) -> None:
-    """Hand one epoch's validation metrics to the active :func:`epoch_callback`, if any."""
+def report_epoch(unit: str, epoch: int, metrics: Mapping[str, float], max_epochs: int) -> None:
+    """Hand one epoch's validation metrics (and the unit's epoch budget) to the active :func:`epoch_callback`."""
     callback = _EPOCH_CALLBACK.get()
     if callback is not None:
-        callback(unit, epoch, metrics)
+        callback(unit, epoch, metrics, max_epochs)

@@ -208,7 +208,7 @@ def test_killed_run_resumes_inside_the_unit(tmp_path, cache_dir):
     class Killed(Exception):
         pass
 
-    def kill(unit, epoch, metrics):
+    def kill(unit, epoch, metrics, max_epochs):
         if epoch == 1:  # epoch 1 is logged, its checkpoint not yet written
             raise Killed
 
@@ -336,7 +336,7 @@ def test_ensemble_averages_the_members_that_init_offsets_train_alone(tmp_path, c
     class Killed(Exception):
         pass
 
-    def kill_member_1(unit, epoch, metrics):
+    def kill_member_1(unit, epoch, metrics, max_epochs):
         if unit == "seed0-member1" and epoch == 1:
             raise Killed
 

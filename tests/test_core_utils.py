@@ -76,10 +76,11 @@ def test_retrieval_metrics_count_ties_against_the_query():
 
 def test_epoch_callback_and_fusion():
     seen = []
-    with epoch_callback(lambda unit, epoch, metrics: seen.append((unit, epoch, metrics["val_auc"]))):
-        report_epoch("seed0", 3, {"val_auc": 0.8})
-    report_epoch("seed0", 4, {"val_auc": 0.9})  # no callback outside the context
-    assert seen == [("seed0", 3, 0.8)]
+    with epoch_callback(lambda unit, epoch, metrics, max_epochs: seen.append((unit, epoch, metrics["val_auc"],
+                                                                              max_epochs))):
+        report_epoch("seed0", 3, {"val_auc": 0.8}, 10)
+    report_epoch("seed0", 4, {"val_auc": 0.9}, 10)  # no callback outside the context
+    assert seen == [("seed0", 3, 0.8, 10)]
     fused = fuse_mean({"a": torch.tensor([[3.0, 4.0]]), "b": torch.tensor([[0.0, 2.0]])},
                       {"a": torch.tensor([True]), "b": torch.tensor([False])})
     assert torch.allclose(fused, torch.tensor([[0.6, 0.8]]))

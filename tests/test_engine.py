@@ -137,7 +137,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
                        device=CPU)
     run = RunFolder(tmp_path / "killed")
 
-    def kill_at_epoch_3(unit, epoch, metrics):
+    def kill_at_epoch_3(unit, epoch, metrics, max_epochs):
         if epoch == 3:  # after epoch 3 was logged, before its checkpoint was saved
             raise Killed
 
@@ -266,7 +266,7 @@ def test_ema_weights_are_validated_selected_tested_and_resumed(tmp_path):
 
     run = RunFolder(tmp_path / "killed")
 
-    def kill_at_epoch_3(unit, epoch, metrics):
+    def kill_at_epoch_3(unit, epoch, metrics, max_epochs):
         if epoch == 3:
             raise Killed
 

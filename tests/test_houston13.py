@@ -174,7 +174,7 @@ class _Killed(Exception):
 def _kill_at(unit: str, epoch: int):  # noqa: ANN202 - a context manager
     from pmrl_sci.training import epoch_callback
 
-    def callback(name: str, at: int, metrics: Any) -> None:
+    def callback(name: str, at: int, metrics: Any, max_epochs: int) -> None:
         if (name, at) == (unit, epoch):
             raise _Killed(f"{name} killed after logging epoch {at}")
 

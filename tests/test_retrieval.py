@@ -38,7 +38,7 @@ def test_end_to_end_on_the_embedded_scenes(tmp_path, monkeypatch, capsys) -> Non
     argv = [*_TINY, "--modalities", "vision", "audio", "text", "--epochs", "2", "--missing-rate", "0.2",
             "--data-dir", str(tmp_path / "scenes"), "--out", str(out), "--seed", "3"]
     reported: list[tuple[str, int, dict]] = []
-    with epoch_callback(lambda unit, epoch, metrics: reported.append((unit, epoch, dict(metrics)))):
+    with epoch_callback(lambda unit, epoch, metrics, max_epochs: reported.append((unit, epoch, dict(metrics)))):
         results = main(argv)
     summary = capsys.readouterr().out
     assert "retrieval on synthetic_scenes (pmrl; 36 train / 4 validation / 16 test; 1 seed(s))" in summary
@@ -125,7 +125,7 @@ def test_pruning_callback_stops_the_run(tmp_path) -> None:
     class Pruned(Exception):
         pass
 
-    def prune(unit: str, epoch: int, metrics) -> None:
+    def prune(unit: str, epoch: int, metrics, max_epochs) -> None:
         raise Pruned(f"{unit} {epoch} {metrics['val_mean_R@1']}")
 
     manifest = feature_manifest(tmp_path / "data", n_train=24, n_test=8)

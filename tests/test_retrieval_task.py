@@ -115,7 +115,7 @@ def test_rerun_resume_after_kill_and_option_mismatch(manifest, tmp_path, caplog)
     class Killed(Exception):
         pass
 
-    def kill(unit: str, epoch: int, metrics) -> None:
+    def kill(unit: str, epoch: int, metrics, max_epochs) -> None:
         if (unit, epoch) == ("seed1", 1):
             raise Killed  # after epoch 1 of seed1 was logged, before its checkpoint
     killed = tmp_path / "killed"

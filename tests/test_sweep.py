@@ -469,3 +469,43 @@ def test_postgres_workers_and_a_killed_worker(tmp_path: Path, abide_cache: Path,
 def test_shipped_space_files_are_valid_for_their_front_end(tmp_path: Path, space: Path) -> None:
     front_end = space.name.split("_")[0]
     prepare(SweepConfig(front_end=front_end, out=tmp_path, space=space))  # raises on any unknown or bad option
+
+
+def test_steps_align_units_across_trials_whatever_early_stopping_did() -> None:
+    from pmrl_sci.sweep.trials import EpochReporter
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    early, late = EpochReporter(study.ask(), "val_auc"), EpochReporter(study.ask(), "val_auc")
+    for epoch in range(3):  # stopped early on the first fold
+        early("seed0-fold0", epoch, {"val_auc": 0.6}, 10)
+    for epoch in range(10):  # ran its whole budget
+        late("seed0-fold0", epoch, {"val_auc": 0.7}, 10)
+    early("seed0-fold1", 0, {"val_auc": 0.5}, 10)
+    late("seed0-fold1", 0, {"val_auc": 0.55}, 10)
+    # both trials report the second fold's first epoch at step 10 (counting epochs run would put it at 3 and 10)
+    assert max(early.trial.storage.get_trial(early.trial._trial_id).intermediate_values) == 10
+    assert early.step_of("seed0-fold1", 1, 10) == late.step_of("seed0-fold1", 1, 10) == 11
+    assert early.step_of("seed0-fold1", 0, 10) == 20  # a unit that starts over (another phase) gets a new block
+    assert early.step_of("seed0-fold2", 0, 10) == 30
+
+
+def test_median_pruner_compares_the_same_fold_and_epoch() -> None:
+    from pmrl_sci.sweep.trials import EpochReporter
+
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    done = EpochReporter(study.ask(), "val_auc")  # a finished trial: fold 0 rising to 0.9, fold 1 starting at 0.55
+    for epoch, auc in enumerate([0.3, 0.65, 0.9, 0.9, 0.9]):
+        done("seed0-fold0", epoch, {"val_auc": auc}, 5)
+    done("seed0-fold1", 0, {"val_auc": 0.55}, 5)
+    study.tell(done.trial, 0.9)
+    fast = EpochReporter(study.ask(), "val_auc")  # level with it on fold 0, stopped after 2 epochs
+    for epoch, auc in enumerate([0.4, 0.7]):
+        fast("seed0-fold0", epoch, {"val_auc": auc}, 5)
+    # compared with fold 1's first epoch (0.55), not with fold 0's third (0.9), which would prune it
+    fast("seed0-fold1", 0, {"val_auc": 0.6}, 5)
+    assert list(fast.trial.storage.get_trial(fast.trial._trial_id).intermediate_values) == [0, 1, 5]
+    slow = EpochReporter(study.ask(), "val_auc")
+    slow("seed0-fold0", 0, {"val_auc": 0.4}, 5)
+    with pytest.raises(optuna.TrialPruned):
+        slow("seed0-fold1", 0, {"val_auc": 0.5}, 5)  # below fold 1's median at the same epoch

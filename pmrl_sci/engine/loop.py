@@ -200,7 +200,7 @@ def train_unit(task: Task, settings: TrainSettings, *, unit: str, seed: int, run
             if writer is not None:
                 _write_scalars(writer, record, epoch)
             if validated:
-                report_epoch(unit, epoch, {k: v for k, v in metrics.items() if _is_number(v)})
+                report_epoch(unit, epoch, {k: v for k, v in metrics.items() if _is_number(v)}, settings.epochs)
             if hasattr(bar, "set_postfix"):
                 shown = {"loss": f"{last_train.get('train_loss', float('nan')):.3f}"}
                 if validated:

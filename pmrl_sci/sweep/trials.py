@@ -29,22 +29,35 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 class EpochReporter:
     """The :func:`pmrl_sci.training.epoch_callback` of a trial: report, and prune when the pruner says so.
 
-    Steps count every epoch reported in the run (over seeds and folds in order), so trials of one study
-    are compared at the same amount of training.
+    Every unit of a run (seed, fold, member) gets a block of steps as long as its epoch budget, in the order
+    the units run: epoch ``e`` of the ``k``-th unit is step ``k * max_epochs + e``. Early stopping ends a unit
+    before its block does, so the next unit still starts at the same step in every trial, and the pruner
+    compares trials on the same unit at the same epoch (counting the epochs run instead would compare one
+    trial's first epochs of fold 2 with another's late epochs of fold 1). The steps are the epoch budget
+    spent, the resource Hyperband counts.
     """
 
     def __init__(self, trial: optuna.Trial, metric: str) -> None:
         self.trial = trial
         self.metric = metric
-        self.step = 0
+        self.next_block = 0
+        self.blocks: dict[str, tuple[int, int]] = {}  # unit -> (first step, last epoch reported)
 
-    def __call__(self, unit: str, epoch: int, metrics: Mapping[str, float]) -> None:
+    def step_of(self, unit: str, epoch: int, max_epochs: int) -> int:
+        """The step of ``epoch`` of ``unit`` (a new block when the unit is new or starts over, e.g. a later phase)."""
+        start, last = self.blocks.get(unit, (None, -1))
+        if start is None or epoch <= last:
+            start, self.next_block = self.next_block, self.next_block + max(int(max_epochs), epoch + 1)
+        self.blocks[unit] = (start, epoch)
+        return start + epoch
+
+    def __call__(self, unit: str, epoch: int, metrics: Mapping[str, float], max_epochs: int) -> None:
         """Report ``metrics[self.metric]``; raise :class:`optuna.TrialPruned` when the pruner says so."""
         if self.metric not in metrics:
             raise KeyError(f"the front end reported {sorted(metrics)} for {unit} epoch {epoch}; the pruning "
                            f"metric {self.metric!r} (--report-metric) is not among them")
         value = float(metrics[self.metric])
-        step, self.step = self.step, self.step + 1
+        step = self.step_of(unit, epoch, max_epochs)
         if not math.isfinite(value):
             return
         self.trial.report(value, step)
