@@ -37,6 +37,7 @@ from pmrl_sci.tasks.abide_methods import (
     experiment_parser,
     report_outcomes,
     run_methods,
+    select_methods,
     shared_front_end_args,
 )
 
@@ -99,15 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--inits must be >= 1, got {args.inits}")
     try:
         shared = shared_front_end_args(args, forward)
+        methods = select_methods(init_methods(args.inits), args.methods)
     except ValueError as exc:
         parser.error(str(exc))
-    methods = init_methods(args.inits)
-    if args.methods:
-        known = [m.name for m in methods]
-        unknown = [name for name in args.methods if name not in known]
-        if unknown:
-            parser.error(f"--methods: unknown {unknown}; expected some of {known}")
-        methods = [m for m in methods if m.name in args.methods]
     if args.list:
         print(describe_methods(methods))
         return 0

@@ -483,7 +483,7 @@ def test_steps_align_units_across_trials_whatever_early_stopping_did() -> None:
     early("seed0-fold1", 0, {"val_auc": 0.5}, 10)
     late("seed0-fold1", 0, {"val_auc": 0.55}, 10)
     # both trials report the second fold's first epoch at step 10 (counting epochs run would put it at 3 and 10)
-    assert max(early.trial.storage.get_trial(early.trial._trial_id).intermediate_values) == 10
+    assert max(study.trials[early.trial.number].intermediate_values) == 10
     assert early.step_of("seed0-fold1", 1, 10) == late.step_of("seed0-fold1", 1, 10) == 11
     assert early.step_of("seed0-fold1", 0, 10) == 20  # a unit that starts over (another phase) gets a new block
     assert early.step_of("seed0-fold2", 0, 10) == 30
@@ -504,7 +504,7 @@ def test_median_pruner_compares_the_same_fold_and_epoch() -> None:
         fast("seed0-fold0", epoch, {"val_auc": auc}, 5)
     # compared with fold 1's first epoch (0.55), not with fold 0's third (0.9), which would prune it
     fast("seed0-fold1", 0, {"val_auc": 0.6}, 5)
-    assert list(fast.trial.storage.get_trial(fast.trial._trial_id).intermediate_values) == [0, 1, 5]
+    assert list(study.trials[fast.trial.number].intermediate_values) == [0, 1, 5]
     slow = EpochReporter(study.ask(), "val_auc")
     slow("seed0-fold0", 0, {"val_auc": 0.4}, 5)
     with pytest.raises(optuna.TrialPruned):

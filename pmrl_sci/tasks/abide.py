@@ -74,6 +74,7 @@ from pmrl_sci.tasks.abide_fit import (  # noqa: F401 - test_predictions re-expor
     ensemble_metrics,
     fit_baseline_unit,
     fuse_with_logistic,
+    members_probability,
     probability_result,
     test_predictions,
 )
@@ -445,7 +446,7 @@ def train_abide_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[st
             run.remove_checkpoint(resume_checkpoint_name(ensemble_member_name(unit, member)))
     if config.fusion == "logistic":
         deep = {p: {"subject": first_task.arrays[p].index, "label": getattr(members[0], p)["label"],
-                    "prob": np.mean([getattr(m, p)["prob"] for m in members], axis=0)} for p in ("val", "test")}
+                    "prob": members_probability(members, p)} for p in ("val", "test")}
         result.update(fuse_with_logistic(config, cohort, parts, seed, deep["val"], deep["test"]))
     return result
 

@@ -265,13 +265,18 @@ def ensemble_member_name(unit: str, member: int) -> str:
     return unit if member == 0 else f"{unit}-member{member}"
 
 
+def members_probability(members: Sequence[EnsembleMember], part: str) -> np.ndarray:
+    """The members' probabilities of ``part`` (``val`` or ``test``) averaged per subject: a unit's trained model
+    (the one member without ``--ensemble``) as the ensemble and the fusion see it."""
+    return np.mean([getattr(m, part)["prob"] for m in members], axis=0)
+
+
 def ensemble_metrics(config: AbideConfig, cohort: AbideCohort, test_subjects: np.ndarray,
                      members: Sequence[EnsembleMember]) -> dict[str, Any]:
     """The unit's result from its members' averaged probabilities (``--ensemble``): :func:`probability_result`
     at the threshold chosen on the averaged validation probabilities, the members' mean validation singular
     values, and ``ensemble`` (each member's ``--init-offset``, selected epoch and test AUC)."""
-    val_prob = np.mean([m.val["prob"] for m in members], axis=0)
-    test_prob = np.mean([m.test["prob"] for m in members], axis=0)
+    val_prob, test_prob = (members_probability(members, part) for part in ("val", "test"))
     sigmas = [m.best.test["val_sigma"] for m in members if m.best.test.get("val_sigma") is not None]
     return {**probability_result(config.threshold, cohort, test_subjects, members[0].val["label"], val_prob,
                                  members[0].test["label"], test_prob),

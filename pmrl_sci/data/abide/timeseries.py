@@ -90,6 +90,13 @@ class RoiFileScan:
         return sum(len(paths) for paths in self.duplicates.values())
 
 
+def roi_file_patterns(atlas: str) -> tuple[str, str, str]:
+    """Glob patterns, inside a strategy folder, of the three ROI-file layouts in the order they are read: flat,
+    ``rois_<atlas>/`` and one folder per subject (``atlas`` may be ``*`` for every atlas)."""
+    suffix = f"_rois_{atlas}.1D"
+    return f"*{suffix}", f"rois_{atlas}/*{suffix}", f"*/*{suffix}"
+
+
 def scan_roi_files(data_dir: str | os.PathLike[str], atlas: str, pipeline: str = "cpac",
                    strategy: str = "filt_noglobal") -> RoiFileScan:
     """Find every subject's ``.1D`` file of ``atlas``, keeping one of each set of identical copies.
@@ -132,8 +139,7 @@ def scan_roi_files(data_dir: str | os.PathLike[str], atlas: str, pipeline: str =
     for folder in existing:
         found: dict[str, Path] = {}
         duplicates: dict[str, list[Path]] = {}
-        patterns = (f"*{suffix}", f"rois_{atlas}/*{suffix}", f"*/*{suffix}")
-        for pattern in patterns:
+        for pattern in roi_file_patterns(atlas):
             for path in sorted(folder.glob(pattern)):
                 file_id = path.name[: -len(suffix)]
                 if not file_id or not path.is_file():
@@ -157,7 +163,7 @@ def atlases_found(data_dir: str | os.PathLike[str], pipeline: str = "cpac",
     :func:`scan_roi_files` searches, in any of its layouts; sorted, empty when none (or no folder) is found."""
     found: set[str] = set()
     for folder in (c for c in strategy_dir_candidates(data_dir, pipeline, strategy) if c.is_dir()):
-        for pattern in ("*_rois_*.1D", "rois_*/*_rois_*.1D", "*/*_rois_*.1D"):
+        for pattern in roi_file_patterns("*"):
             for path in folder.glob(pattern):
                 key = path.name.rsplit("_rois_", 1)[1][: -len(".1D")]
                 if key in ATLAS_ROIS:
