@@ -32,7 +32,7 @@ from pmrl_sci.tasks.abide import (
     run_abide,
 )
 from pmrl_sci.tasks.abide_adapt import ADAPT_MODES
-from pmrl_sci.tasks.abide_fit import FUSIONS, THRESHOLDS
+from pmrl_sci.tasks.abide_fit import FUSION_SELECTS, FUSIONS, THRESHOLDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "of logistic regression on the same inputs (--model logistic-all's, fitted on the same "
                          "training subjects), the threshold chosen on the averaged validation probabilities; "
                          "'none': the trained model alone")
+    tr.add_argument("--fusion-select", dest="fusion_select", choices=list(FUSION_SELECTS), default=d.fusion_select,
+                    help="with --fusion logistic, the validation AUC that selects the trained model's epoch (and "
+                         "early stopping): its own ('trained') or that of its probabilities fused with the logistic "
+                         "regression, fitted first ('fused': the AUC of what is reported; it did not help on the "
+                         "dev sites)")
     tr.add_argument("--mixup", type=float, default=d.mixup, metavar="ALPHA",
                     help="mixup of the training batches in the supervised epochs: every modality of a subject mixed "
                          "with the same partner at the same Beta(ALPHA, ALPHA) weight, the cross-entropy with both "

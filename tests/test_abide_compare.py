@@ -277,6 +277,31 @@ def test_fusion_averages_the_trained_model_with_logistic_regression_on_the_same_
     assert info.value.code == 2
 
 
+def test_fusion_select_fused_selects_the_epoch_on_the_fused_validation_auc(tmp_path):
+    tiny = ["--default-subjects", "80", "--default-sites", "2", "--atlas", "tt", "--epochs", "4", "--batch-size", "8",
+            "--embed-dim", "32", "--folds", "2", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    abide_main([*tiny, "--model", "logistic-all", "--out", str(tmp_path / "linear")])
+    abide_main([*tiny, "--fusion-select", "fused", "--out", str(tmp_path / "fused")])
+    records = [json.loads(line) for line in (tmp_path / "fused" / "metrics.jsonl").read_text().splitlines()]
+    for unit in ("seed0-fold0", "seed0-fold1"):
+        epochs = [r for r in records if r.get("unit") == unit and "val_fused_auc" in r]
+        assert len(epochs) == 4  # every epoch's validation probabilities fused with the logistic regression
+        done = json.loads((tmp_path / "fused" / "done" / f"{unit}.json").read_text())
+        linear = json.loads((tmp_path / "linear" / "done" / f"{unit}.json").read_text())
+        best = max(r["val_fused_auc"] for r in epochs)
+        assert done["best_val"] == pytest.approx(best)  # the epoch is the one with the best fused validation AUC
+        assert epochs[done["best_epoch"]]["val_fused_auc"] == pytest.approx(best)
+        # the partner fitted before training is --model logistic-all's fit on the same unit
+        assert done["fusion"]["linear_auc"] == pytest.approx(linear["auc"])
+        assert done["fusion"]["select"] == "fused"
+    config = json.loads((tmp_path / "fused" / "config.json").read_text())
+    assert config["fusion_select"] == "fused"
+    for bad in (["--fusion", "none"], ["--fusion-select", "trained"]):  # needs the fusion; not resumed as the other
+        with pytest.raises(SystemExit) as info:
+            abide_main([*tiny, "--fusion-select", "fused", "--out", str(tmp_path / "fused"), *bad])
+        assert info.value.code == 2
+
+
 def binary_auc(labels, prob):
     from sklearn.metrics import roc_auc_score
 

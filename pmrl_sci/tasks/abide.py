@@ -67,13 +67,17 @@ from pmrl_sci.tasks.abide_data import (
     unit_splits,
 )
 from pmrl_sci.tasks.abide_fit import (  # noqa: F401 - test_predictions re-exported
+    FUSION_SELECTS,
     FUSIONS,
     THRESHOLDS,
     EnsembleMember,
+    FusionPartner,
     ensemble_member_name,
     ensemble_metrics,
     fit_baseline_unit,
     fuse_with_logistic,
+    fusion_partner,
+    late_fusion,
     members_probability,
     probability_result,
     test_predictions,
@@ -123,6 +127,7 @@ PAPER_SETTING: dict[str, Any] = {
     "fmri_encoder": "brainnettf", "fmri_channels": "both", "lr": 1e-4, "weight_decay": 1e-4, "batch_size": 16,
     "embed_dim": 128, "dropout": 0.1, "text_fields": ["age", "sex"], "threshold": "0.5", "ema_decay": 0.0,
     "fmri_standardize": False, "fmri_crop": 0.0, "mixup": 0.0, "fusion": "none",
+    "fusion_select": "trained",
 }
 #: --setting choices: the kit's recipe (the dataclass defaults) or the paper's setting
 SETTINGS: dict[str, dict[str, Any]] = {"default": {}, "paper": PAPER_SETTING}
@@ -180,6 +185,7 @@ class AbideConfig(RunOptions, ObjectiveOptions):
     fmri_crop: float = 0.0  # window-crop augmentation: fraction of each series per draw (0: off)
     mixup: float = 0.0  # Beta(alpha, alpha) of mixup in the supervised epochs (0: off)
     fusion: str = "logistic"  # averaged with --model logistic-all's probabilities (abide_fit); "none": alone
+    fusion_select: str = "trained"  # under --fusion logistic, the epoch is selected on this validation AUC
     text_model: str | None = None
     combat: str = "train"
     cache_dir: str | None = None
@@ -218,6 +224,11 @@ class AbideConfig(RunOptions, ObjectiveOptions):
         self.text_fields = check_text_fields(self.text_fields)
         if self.fusion not in FUSIONS:
             raise InputError(f"--fusion must be one of {list(FUSIONS)}, got {self.fusion!r}")
+        if self.fusion_select not in FUSION_SELECTS:
+            raise InputError(f"--fusion-select must be one of {list(FUSION_SELECTS)}, got {self.fusion_select!r}")
+        if self.fusion_select == "fused" and self.fusion == "none":
+            raise InputError("--fusion-select fused selects the epoch on the fused validation AUC: it needs "
+                             "--fusion logistic")
         if self.threshold not in THRESHOLDS:
             raise InputError(f"--threshold must be one of {list(THRESHOLDS)}, got {self.threshold!r}")
         if self.model == "logistic-all" and "fmri" not in self.modalities:
@@ -316,12 +327,19 @@ class AbideTask(Task):
         ``{"train", "val", "test": subject indices}`` of this unit.
     seed : int
         The unit's seed (label noise, input noise).
+    partner : FusionPartner, optional
+        With ``--fusion-select fused``, the unit's logistic regression: each epoch's validation probabilities are
+        also fused with it (``val_fused_auc``), and that AUC selects the epoch.
     """
 
     selections = (Selection("val_auc", mode="max", tiebreak="val_loss", fallback="val_accuracy"),)
 
-    def __init__(self, config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.ndarray], seed: int) -> None:
+    def __init__(self, config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.ndarray], seed: int,
+                 partner: FusionPartner | None = None) -> None:
         self.config, self.cohort, self.parts, self.seed = config, cohort, parts, seed
+        self.partner_val = partner.probabilities(parts["val"]) if partner is not None else None
+        if partner is not None:
+            self.selections = (Selection("val_fused_auc", mode="max", tiebreak="val_loss", fallback="val_accuracy"),)
         self.arrays: dict[str, SplitArrays] = {}
         self.info: dict[str, Any] = {}
 
@@ -397,6 +415,9 @@ class AbideTask(Task):
         val = evaluate(self.model, self.val_loader, self.device)
         metrics = binary_classification_metrics(val["label"], val["prob"])
         record: dict[str, Any] = {**{f"val_{k}": v for k, v in metrics.items()}, "val_loss": val["loss"]}
+        if self.partner_val is not None:  # --fusion-select fused: the AUC of what the unit will report
+            record["val_fused_auc"] = binary_classification_metrics(
+                val["label"], late_fusion(val["prob"], self.partner_val))["auc"]
         if val["sigma"] is not None:
             record["val_sigma_mean"] = val["sigma"].mean(axis=0).tolist()
             record["val_u1_cosine"] = val["u1_cosine"]
@@ -424,8 +445,10 @@ def train_abide_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[st
     objectives gather embeddings across ranks, so gradients equal one process's on the same global batch.
     """
     members: list[EnsembleMember] = []
+    # --fusion-select fused: the logistic regression is fitted first, its validation probabilities select epochs
+    partner = fusion_partner(config, cohort, parts, seed) if config.fusion_select == "fused" else None
     for member in range(int(config.ensemble)):  # --ensemble M: member m trains at --init-offset + m
-        task = AbideTask(config, cohort, parts, seed)
+        task = AbideTask(config, cohort, parts, seed, partner)
         settings = dataclasses.replace(train_settings(config), init_offset=config.init_offset + member)
         outcome = engine_train_unit(task, settings, unit=ensemble_member_name(unit, member), seed=seed, run=run,
                                     device=device, dist_info=dist_info)
@@ -447,7 +470,7 @@ def train_abide_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[st
     if config.fusion == "logistic":
         deep = {p: {"subject": first_task.arrays[p].index, "label": getattr(members[0], p)["label"],
                     "prob": members_probability(members, p)} for p in ("val", "test")}
-        result.update(fuse_with_logistic(config, cohort, parts, seed, deep["val"], deep["test"]))
+        result.update(fuse_with_logistic(config, cohort, parts, seed, deep["val"], deep["test"], partner))
     return result
 
 
@@ -462,7 +485,7 @@ def resolve_model(config: AbideConfig) -> AbideConfig:
                "--init-from": config.init_from is not None, "--input-noise": config.input_noise > 0}
     if config.fusion != "none" and any(without.values()):
         logger.info("--fusion %s not applied (%s)", config.fusion, ", ".join(k for k, v in without.items() if v))
-        config = dataclasses.replace(config, fusion="none")
+        config = dataclasses.replace(config, fusion="none", fusion_select="trained")
     if config.model == "logistic-all":
         return dataclasses.replace(config, objective="none")
     if config.model == "multimodal":

@@ -209,6 +209,8 @@ def fit_baseline_unit(config: AbideConfig, cohort: AbideCohort, parts: Mapping[s
 
 #: --fusion choices: the trained model alone, or averaged with logistic regression on the same inputs
 FUSIONS = ("none", "logistic")
+#: --fusion-select choices: which validation AUC selects the trained model's epoch under --fusion logistic
+FUSION_SELECTS = ("trained", "fused")
 
 
 def late_fusion(trained: np.ndarray, linear: np.ndarray) -> np.ndarray:
@@ -218,15 +220,40 @@ def late_fusion(trained: np.ndarray, linear: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(linear), trained, (trained + linear) / 2.0)
 
 
+@dataclass
+class FusionPartner:
+    """The logistic regression a unit's trained model is fused with: its probability per subject (cohort row) of
+    the validation and test subjects it can score (those with fMRI), and the C chosen on validation."""
+
+    prob: dict[int, float]
+    C: float
+
+    def probabilities(self, subjects: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Its probabilities of ``subjects`` (cohort rows), NaN for a subject it does not score."""
+        return np.array([self.prob.get(int(s), np.nan) for s in subjects])
+
+
+def fusion_partner(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.ndarray], seed: int
+                   ) -> FusionPartner:
+    """``--model logistic-all``'s logistic regression on this unit: every input of ``config.modalities``
+    (connectivity, harmonised FreeSurfer features, the phenotype fields of the text), fitted on the training
+    subjects, its C chosen on the validation subjects (deterministic: the same fit before or after training)."""
+    inputs = baseline_inputs(config, cohort, parts, seed, every_input=True)
+    val_prob, test_prob, fit_info = baseline_probabilities(inputs.features, inputs.labels, inputs.local, seed)
+    prob = dict(zip(inputs.subjects[inputs.local["val"]].tolist(), val_prob.tolist()))
+    prob |= dict(zip(inputs.subjects[inputs.local["test"]].tolist(), test_prob.tolist()))
+    return FusionPartner(prob, float(fit_info["C"]))
+
+
 def fuse_with_logistic(config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.ndarray], seed: int,
-                       val: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray]) -> dict[str, Any]:
+                       val: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
+                       partner: FusionPartner | None = None) -> dict[str, Any]:
     """A unit's result from the trained model's probabilities averaged with logistic regression's (``--fusion
     logistic``): a late fusion at equal weights, fixed beforehand (not tuned on any split).
 
-    The logistic regression is ``--model logistic-all``'s on this unit: every input of ``config.modalities``
-    (connectivity, harmonised FreeSurfer features, the phenotype fields of the text), fitted on the training
-    subjects, its C chosen on the validation subjects. A subject without fMRI, which it cannot score, keeps the
-    trained model's probability. The decision threshold is chosen on the fused validation probabilities.
+    The logistic regression is :func:`fusion_partner`'s (``--model logistic-all`` on this unit). A subject
+    without fMRI, which it cannot score, keeps the trained model's probability. The decision threshold is chosen
+    on the fused validation probabilities.
 
     Parameters
     ----------
@@ -234,20 +261,20 @@ def fuse_with_logistic(config: AbideConfig, cohort: AbideCohort, parts: Mapping[
         The unit, as the trained model saw it.
     val, test : mapping
         The trained model's ``subject`` (cohort rows), ``label`` and ``prob`` of the validation and test subjects.
+    partner : FusionPartner, optional
+        The unit's logistic regression when it was already fitted (``--fusion-select fused``); fitted here if not.
 
     Returns
     -------
     dict
-        :func:`probability_result` of the fused probabilities, and ``fusion``: the weight, the C chosen, the test
-        AUC of each model alone and the trained model's own thresholded metrics (``deep``).
+        :func:`probability_result` of the fused probabilities, and ``fusion``: the weight, the C chosen, the
+        validation AUC that selected the trained model's epoch (``select``), the test AUC of each model alone and
+        the trained model's own thresholded metrics (``deep``).
     """
-    inputs = baseline_inputs(config, cohort, parts, seed, every_input=True)
-    val_prob, test_prob, fit_info = baseline_probabilities(inputs.features, inputs.labels, inputs.local, seed)
-    linear = dict(zip(inputs.subjects[inputs.local["val"]].tolist(), val_prob.tolist()))
-    linear |= dict(zip(inputs.subjects[inputs.local["test"]].tolist(), test_prob.tolist()))
+    partner = partner or fusion_partner(config, cohort, parts, seed)
     fused, alone = {}, {}
     for name, part in (("val", val), ("test", test)):
-        alone[name] = np.array([linear.get(int(s), np.nan) for s in part["subject"]])
+        alone[name] = partner.probabilities(part["subject"])
         fused[name] = late_fusion(part["prob"], alone[name])
     scored = ~np.isnan(alone["test"])
     deep = thresholded_metrics(config.threshold, val["label"], val["prob"], test["label"], test["prob"])
@@ -255,8 +282,8 @@ def fuse_with_logistic(config: AbideConfig, cohort: AbideCohort, parts: Mapping[
                   if scored.any() else float("nan"))
     return {**probability_result(config.threshold, cohort, np.asarray(test["subject"]), val["label"], fused["val"],
                                  test["label"], fused["test"]),
-            "fusion": {"with": "logistic-all", "weight": 0.5, "C": fit_info["C"], "deep": deep,
-                       "deep_auc": deep["auc"], "linear_auc": linear_auc,
+            "fusion": {"with": "logistic-all", "weight": 0.5, "C": partner.C, "select": config.fusion_select,
+                       "deep": deep, "deep_auc": deep["auc"], "linear_auc": linear_auc,
                        "trained_model_only": int((~scored).sum() + np.isnan(alone["val"]).sum())}}
 
 

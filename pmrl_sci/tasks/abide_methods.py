@@ -30,7 +30,7 @@ RESUME_KEYS: tuple[str, ...] = (
     "patience", "batch_size", "lr", "weight_decay", "embed_dim", "dropout", "tau1", "tau2", "lambda1",
     "instance_term", "rank", "temperature", "anchor", "align_weight", "classification_weight", "gram_contrastive",
     "input_noise", "label_noise", "combat", "fmri_channels", "text_model", "text_fields", "threshold", "ema_decay",
-    "init_offset", "ensemble", "fmri_standardize", "fmri_crop", "mixup", "fusion")
+    "init_offset", "ensemble", "fmri_standardize", "fmri_crop", "mixup", "fusion", "fusion_select")
 
 
 @dataclass

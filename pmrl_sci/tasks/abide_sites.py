@@ -30,7 +30,7 @@ IMPLIED_BY_OLDER_ABIDE_RUNS: dict[str, Any] = {
     "text_fields": ["age", "sex"], "threshold": "0.5", "test_sites": None, "combat_unseen": "passthrough",
     "align_epochs": 0, "init_from": None, "adapt": "none", "adapt_labels": None, "setting": "default",
     "fmri_standardize": False, "fmri_crop": 0.0, "ensemble": 1, "mixup": 0.0,
-    "fusion": "none",
+    "fusion": "none", "fusion_select": "trained",
 }
 
 
