@@ -8,7 +8,8 @@ training subjects only (sMRI), and the phenotype fields its text carries, encode
 :func:`probability_result` is a unit's test result from validation and test probabilities (every ABIDE model and
 baseline reports through it); :func:`ensemble_metrics` is that of a unit of ``--ensemble M`` from its members.
 :func:`baseline_inputs` gives the features and subjects of the fitted baselines, and :func:`fuse_with_logistic`
-averages a trained model's probabilities with logistic regression's on the same inputs (``--fusion logistic``).
+averages a trained model's probabilities with logistic regression's on the same inputs (``--fusion logistic``),
+:func:`fusion_partner`'s fit, which ``--fusion-select fused`` makes before training to select on the fused AUC.
 """
 
 from __future__ import annotations
