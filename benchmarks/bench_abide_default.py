@@ -37,7 +37,7 @@ PARTS = [
     ("training steps: optimiser", "torch/optim/optimizer.py", "wrapper"),
     ("validation and test passes", "tasks/abide_model.py", "evaluate"),
     ("late fusion: logistic regression on every input (--fusion logistic)", "tasks/abide_fit.py",
-     "fuse_with_logistic"),
+     "fusion_partner"),
     ("checkpoint writes (resume state every epoch, selected models)", "pmrl_sci/runs.py", "save_checkpoint"),
     ("best-state snapshots", "engine/state.py", "detached_state"),
 ]

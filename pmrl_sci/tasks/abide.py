@@ -337,9 +337,9 @@ class AbideTask(Task):
     def __init__(self, config: AbideConfig, cohort: AbideCohort, parts: Mapping[str, np.ndarray], seed: int,
                  partner: FusionPartner | None = None) -> None:
         self.config, self.cohort, self.parts, self.seed = config, cohort, parts, seed
-        self.partner_val = partner.probabilities(parts["val"]) if partner is not None else None
-        if partner is not None:
-            self.selections = (Selection("val_fused_auc", mode="max", tiebreak="val_loss", fallback="val_accuracy"),)
+        self.partner, self.partner_val = partner, None
+        if partner is not None:  # the same rule on the fused validation AUC
+            self.selections = (dataclasses.replace(self.selections[0], metric="val_fused_auc"),)
         self.arrays: dict[str, SplitArrays] = {}
         self.info: dict[str, Any] = {}
 
@@ -349,6 +349,8 @@ class AbideTask(Task):
         self.arrays, self.info = prepare_split_arrays(self.cohort, self.config, self.parts["train"], self.parts,
                                                       self.seed)
         self.val_loader = DataLoader(CohortDataset(self.arrays["val"]), batch_size=64)
+        if self.partner is not None:  # in the validation subjects' order, as evaluate() returns them
+            self.partner_val = self.partner.probabilities(self.arrays["val"].index)
         self.test_loader = DataLoader(CohortDataset(self.arrays["test"]), batch_size=64)
         self.model = build_abide_model(self.config, self.cohort).to(device)
         alignment = build_alignment(self.config)

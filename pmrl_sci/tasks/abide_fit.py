@@ -272,7 +272,8 @@ def fuse_with_logistic(config: AbideConfig, cohort: AbideCohort, parts: Mapping[
         validation AUC that selected the trained model's epoch (``select``), the test AUC of each model alone and
         the trained model's own thresholded metrics (``deep``).
     """
-    partner = partner or fusion_partner(config, cohort, parts, seed)
+    if partner is None:
+        partner = fusion_partner(config, cohort, parts, seed)
     fused, alone = {}, {}
     for name, part in (("val", val), ("test", test)):
         alone[name] = partner.probabilities(part["subject"])
